@@ -1,0 +1,33 @@
+"""smolmac: make a small language model your own, on MLX.
+
+    import smolmac
+    run = smolmac.train("recipes/sft-full-tiny.yaml", train={"steps": 50})
+    print(run.dir, run.adapter_path, run.events[-1])
+
+Importing smolmac is cheap and loads neither MLX nor the UI; the optimised BLAS is loaded first
+so that any later `import mlx.core` in this process uses it (see smolmac/_blas.py).
+"""
+
+from smolmac import _blas
+
+_blas.load()
+
+__version__ = "0.1.0"
+__all__ = ["train", "load_recipe", "Run", "UserError"]
+
+
+def __getattr__(name):
+    # Lazy: keep `import smolmac` free of mlx/datasets imports (the TUI imports it at start-up).
+    if name in ("train", "Run"):
+        from smolmac import runs
+
+        return getattr(runs, "train" if name == "train" else "Run")
+    if name == "load_recipe":
+        from smolmac.config import load_recipe
+
+        return load_recipe
+    if name == "UserError":
+        from smolmac.errors import UserError
+
+        return UserError
+    raise AttributeError(f"module 'smolmac' has no attribute {name!r}")

@@ -1,0 +1,465 @@
+"""Data: load rows from files or the Hub, detect the format (SPECS §6), tokenise with the chat
+template and a loss mask over every assistant turn, and batch with real length bucketing.
+
+Every row keeps where it came from (`file:line`) so that errors can name it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smolmac.errors import UserError
+
+WHERE = "__where__"
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+ROLE_ALIASES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+    "bot": "assistant", "system": "system", "tool": "tool", "function": "tool", "ipython": "tool",
+}
+KINDS = ("text", "messages", "prompt_completion", "preference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        try:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}); fix or remove that line.") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}:{i}: each line must be a JSON object, not {type(row).__name__}.")
+                row[WHERE] = f"{path}:{i}"
+                rows.append(row)
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not valid UTF-8 text; re-save the file as UTF-8.") from None
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8 text; re-save the file as UTF-8.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if "\n" in text.strip():  # maybe JSON lines with a .json name
+            return _read_jsonl(path)
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); fix the file.") from None
+    if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}
+        lists = [v for v in data.values() if isinstance(v, list)]
+        data = lists[0] if len(lists) == 1 else [data]
+    rows = []
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: item {i} must be a JSON object, not {type(row).__name__}.")
+        row[WHERE] = f"{path}[{i}]"
+        rows.append(row)
+    return rows
+
+
+def _read_text(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8 text; re-save the file as UTF-8.") from None
+    # Documents are separated by blank lines; a file without blank lines is one document.
+    docs = [d.strip() for d in text.split("\n\n")]
+    return [{"text": d, WHERE: f"{path}"} for d in docs if d]
+
+
+def _read_with_datasets(path: Path, kind: str) -> list[dict]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:  # datasets raises many types for a malformed file
+        raise UserError(f"{path}: could not be read as {kind} ({str(e).splitlines()[0]}); check the file.") from None
+    return [{**row, WHERE: f"{path}:{i + 2 if kind == 'csv' else i}"} for i, row in enumerate(ds)]
+
+
+def read_file(path: Path) -> list[dict]:
+    kind = FILE_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: unsupported file type '{path.suffix}'; use .jsonl, .json, .csv, .parquet or .txt.")
+    if path.suffix.lower() == ".jsonl":
+        return _read_jsonl(path)
+    if kind == "json":
+        return _read_json(path)
+    if kind == "text":
+        return _read_text(path)
+    return _read_with_datasets(path, kind)
+
+
+def load_rows(spec: str, config: str | None = None, split: str = "train") -> list[dict]:
+    """Rows from a local file, a folder of files, or a Hub dataset id (with config and split)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return read_file(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_TYPES and p.is_file())
+        if not files:
+            raise UserError(f"{path}: the folder has no .jsonl/.json/.csv/.parquet/.txt files.")
+        return [row for f in files for row in read_file(f)]
+    if spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in FILE_TYPES:
+        raise UserError(f"data: {spec} does not exist; check the path.")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(spec, config, split=split)
+    except Exception as e:
+        raise UserError(f"data: could not load the Hub dataset '{spec}' split '{split}' ({str(e).splitlines()[0]}); check the id, data.config and data.split, or that it is cached when offline.") from None
+    return [{**row, WHERE: f"{spec}[{split}][{i}]"} for i, row in enumerate(ds)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def _map_columns(rows: list[dict], columns: dict) -> list[dict]:
+    if not columns:
+        return rows
+    out = []
+    for row in rows:
+        row = dict(row)
+        for ours, theirs in columns.items():
+            if theirs in row:
+                row[ours] = row.pop(theirs)
+        out.append(row)
+    return out
+
+
+def detect_format(row: dict, where: str = "data") -> str:
+    """SPECS §6: text, messages, prompt_completion or preference, from a row's keys."""
+    keys = set(row) - {WHERE}
+    if {"chosen", "rejected"} <= keys:
+        return "preference"
+    if "chosen" in keys:
+        raise UserError(f"{where}: the row has 'chosen' but no 'rejected' column; preference rows need both (map names with data.columns).")
+    if "messages" in keys or "conversations" in keys:
+        return "messages"
+    if {"prompt", "completion"} <= keys:
+        return "prompt_completion"
+    if "text" in keys:
+        return "text"
+    raise UserError(
+        f"{where}: cannot tell the format from the columns {sorted(keys)}; expected text, messages, "
+        "prompt+completion or prompt+chosen+rejected, or map yours with data.columns (e.g. {messages: conversations})."
+    )
+
+
+def normalise_messages(messages, where: str) -> list[dict]:
+    """OpenAI/ShareGPT messages -> [{"role", "content"}] with standard role names."""
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects.")
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            raise UserError(f"{where}: every message must be an object with role and content, not {m!r}.")
+        role = m.get("role", m.get("from"))
+        content = m.get("content", m.get("value"))
+        if role not in ROLE_ALIASES:
+            raise UserError(f"{where}: unknown role '{role}'; use system, user, assistant or tool (ShareGPT human/gpt are mapped).")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise UserError(f"{where}: message content must be a string, not {type(content).__name__}.")
+        msg = {"role": ROLE_ALIASES[role], "content": content}
+        for extra in ("tool_calls", "name", "tool_call_id"):
+            if m.get(extra) is not None:
+                msg[extra] = m[extra]
+        out.append(msg)
+    return out
+
+
+def prepare_rows(rows: list[dict], data_cfg, where: str) -> tuple[str, list[dict]]:
+    """Apply column mapping and detect (or check) the format. Returns (kind, rows)."""
+    if not rows:
+        raise UserError(f"{where}: the data is empty; give a file with at least one row.")
+    rows = _map_columns(rows, data_cfg.columns)
+    kind = data_cfg.format if data_cfg.format != "auto" else detect_format(rows[0], rows[0].get(WHERE, where))
+    required = {"text": ("text",), "messages": ("messages",), "prompt_completion": ("prompt", "completion"), "preference": ("chosen", "rejected")}[kind]
+    for row in rows:
+        if kind == "messages" and "messages" not in row and "conversations" in row:
+            row["messages"] = row.pop("conversations")
+        missing = [k for k in required if k not in row]
+        if missing:
+            have = sorted(set(row) - {WHERE})
+            raise UserError(f"{row.get(WHERE, where)}: missing column '{missing[0]}' for {kind} data (the row has {have}); map it with data.columns, e.g. {{{missing[0]}: your_column}}.")
+    return kind, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenisation with loss masks
+
+
+@dataclass
+class Example:
+    tokens: np.ndarray  # (n,) int32
+    mask: np.ndarray  # (n,) bool: token t is trained (predicted from t-1)
+
+
+def hf_tokenizer(tokenizer):
+    """The Hugging Face tokenizer inside an mlx-lm TokenizerWrapper (or the tokenizer itself)."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    return tokenizer._tokenizer if isinstance(tokenizer, TokenizerWrapper) else tokenizer
+
+
+def require_chat_template(tokenizer, where: str):
+    if not getattr(hf_tokenizer(tokenizer), "chat_template", None):
+        raise UserError(f"{where}: the tokenizer has no chat template, so chat data cannot be rendered; use a chat/instruct model, a text-format dataset, or add a chat_template to tokenizer_config.json.")
+
+
+def render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
+    return hf_tokenizer(tokenizer).apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    hf = hf_tokenizer(tokenizer)
+    ids = set(getattr(tokenizer, "eos_token_ids", None) or [])
+    if hf.eos_token_id is not None:
+        ids.add(hf.eos_token_id)
+    for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>"):
+        tid = hf.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != hf.unk_token_id and tid >= 0:
+            ids.add(tid)
+    return ids
+
+
+def _encode_spans(tokenizer, text: str, spans: list[tuple[int, int]], eot: set[int]) -> Example:
+    """Tokenise `text` once; mark tokens whose characters fall in any of the (start, end) spans.
+
+    Anything a span holds after its last end-of-turn token (e.g. ChatML's trailing newline) is
+    left unmasked, so the model learns to stop at the end-of-turn token.
+    """
+    hf = hf_tokenizer(tokenizer)
+    enc = hf(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int32)
+    offsets = enc["offset_mapping"]
+    mask = np.zeros(len(ids), dtype=bool)
+    for start, end in spans:
+        inside = [i for i, (a, b) in enumerate(offsets) if a >= start and b <= end and b > a]
+        if not inside:
+            continue
+        last = max((i for i in inside if int(ids[i]) in eot), default=inside[-1])
+        mask[[i for i in inside if i <= last]] = True
+    return Example(ids, mask)
+
+
+def tokenize_chat(tokenizer, messages: list[dict], where: str, tools=None, train_roles=("assistant",)) -> Example:
+    """Render a conversation with the chat template; mask = every assistant turn incl. end-of-turn.
+
+    The span of assistant turn i is the text between render(messages[:i], generation prompt) and
+    render(messages[:i+1]); templates must render prefixes consistently (checked).
+    """
+    full = render(tokenizer, messages, tools=tools)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] not in train_roles:
+            continue
+        before = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        upto = render(tokenizer, messages[: i + 1], tools=tools)
+        if not full.startswith(upto) or not upto.startswith(before):
+            raise UserError(f"{where}: the chat template does not render conversation prefixes consistently (it rewrites earlier turns), so assistant turns cannot be masked; use a template without history rewriting.")
+        spans.append((len(before), len(upto)))
+    if not spans:
+        raise UserError(f"{where}: the conversation has no assistant turn, so there is nothing to train on; add one or drop the row.")
+    return _encode_spans(tokenizer, full, spans, end_of_turn_ids(tokenizer))
+
+
+def tokenize_text(tokenizer, text: str, where: str) -> Example:
+    if not isinstance(text, str):
+        raise UserError(f"{where}: 'text' must be a string, not {type(text).__name__}.")
+    hf = hf_tokenizer(tokenizer)
+    ids = hf.encode(text, add_special_tokens=False)
+    if hf.bos_token_id is not None and getattr(hf, "add_bos_token", False):
+        ids = [hf.bos_token_id] + ids
+    eos = hf.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids = ids + [eos]
+    ids = np.asarray(ids, dtype=np.int32)
+    return Example(ids, np.ones(len(ids), dtype=bool))
+
+
+def tokenize_prompt_completion(tokenizer, prompt, completion, where: str) -> Example:
+    if isinstance(prompt, list) or isinstance(completion, list):
+        p = normalise_messages(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}], where)
+        c = normalise_messages(completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}], where)
+        return tokenize_chat(tokenizer, p + c, where)
+    # Standard (string) prompt-completion: rendered as one user turn + one assistant turn when the
+    # tokenizer has a chat template (as TRL does for instruct models), else plain concatenation.
+    if getattr(hf_tokenizer(tokenizer), "chat_template", None):
+        return tokenize_chat(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], where)
+    hf = hf_tokenizer(tokenizer)
+    p = hf.encode(prompt, add_special_tokens=False)
+    c = hf.encode(completion, add_special_tokens=False) + ([hf.eos_token_id] if hf.eos_token_id is not None else [])
+    ids = np.asarray(p + c, dtype=np.int32)
+    return Example(ids, np.concatenate([np.zeros(len(p), bool), np.ones(len(c), bool)]))
+
+
+def tokenize_rows(tokenizer, kind: str, rows: list[dict]) -> list[Example]:
+    """Tokenise SFT/LM rows (not preference rows, see preference.py)."""
+    if kind in ("messages",):
+        require_chat_template(tokenizer, rows[0].get(WHERE, "data"))
+    out = []
+    for row in rows:
+        where = row.get(WHERE, "data")
+        if kind == "text":
+            out.append(tokenize_text(tokenizer, row["text"], where))
+        elif kind == "messages":
+            out.append(tokenize_chat(tokenizer, normalise_messages(row["messages"], where), where, tools=row.get("tools")))
+        elif kind == "prompt_completion":
+            out.append(tokenize_prompt_completion(tokenizer, row["prompt"], row["completion"], where))
+        else:
+            raise UserError(f"{where}: preference rows need method dpo or orpo, not sft.")
+    return out
+
+
+def split_valid(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Split off `fraction` of rows (at least one) with a fixed seed."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_valid = max(1, int(round(len(rows) * fraction)))
+    if n_valid >= len(rows):
+        raise UserError(f"data.valid: splitting {fraction} off {len(rows)} rows leaves no training rows; use a smaller fraction or more data.")
+    valid = [rows[i] for i in sorted(order[:n_valid])]
+    train = [rows[i] for i in sorted(order[n_valid:])]
+    return train, valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def pad_to(n: int, multiple: int = 32, cap: int | None = None) -> int:
+    """Round a length up to a few shapes (multiples of 32, then powers of two) so compiled
+    graphs are reused."""
+    if n <= 256:
+        size = -(-n // multiple) * multiple
+    else:
+        size = 1 << (n - 1).bit_length()
+        size = min(size, -(-n // 256) * 256)
+    return min(size, cap) if cap else size
+
+
+def truncate(examples: list[Example], max_len: int) -> tuple[list[Example], int]:
+    """Cut rows to max_len + 1 tokens (inputs and targets are shifted by one); counts cuts."""
+    cut = 0
+    out = []
+    for ex in examples:
+        if len(ex.tokens) > max_len + 1:
+            cut += 1
+            ex = Example(ex.tokens[: max_len + 1], ex.mask[: max_len + 1])
+        out.append(ex)
+    return out, cut
+
+
+def pack(examples: list[Example], max_len: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Greedy first-fit packing into sequences of at most max_len + 1 tokens.
+
+    Returns (tokens, mask, segment) triples; `segment` numbers the rows inside a sequence so the
+    attention mask can keep rows from seeing each other.
+    """
+    order = np.random.default_rng(seed).permutation(len(examples))
+    bins: list[list[Example]] = []
+    sizes: list[int] = []
+    for i in sorted(order, key=lambda i: -len(examples[i].tokens)):
+        ex = examples[i]
+        for b, size in enumerate(sizes):
+            if size + len(ex.tokens) <= max_len + 1:
+                bins[b].append(ex)
+                sizes[b] += len(ex.tokens)
+                break
+        else:
+            bins.append([ex])
+            sizes.append(len(ex.tokens))
+    packed = []
+    for b in bins:
+        tokens = np.concatenate([e.tokens for e in b])
+        mask = np.concatenate([e.mask & (np.arange(len(e.tokens)) > 0) for e in b])  # first token of a row is never a target across rows
+        segment = np.concatenate([np.full(len(e.tokens), j + 1, np.int32) for j, e in enumerate(b)])
+        packed.append((tokens, mask, segment))
+    return packed
+
+
+class Batches:
+    """Length-bucketed, resumable micro-batches for SFT/LM rows.
+
+    Rows are sorted by length and cut into batches of similar length (so padding is small);
+    the order of batches is shuffled per epoch with a seed, so position k of the stream is the
+    same on every run: resume skips k micro-batches without touching the data.
+
+    Each micro-batch is (inputs (B, L) int32, targets (B, L) int32, loss mask (B, L) float32[, segments (B, L) int32]).
+    """
+
+    def __init__(self, examples: list[Example], batch_size: int, max_len: int, seed: int, packing: bool = False, pad_id: int = 0):
+        if not examples:
+            raise UserError("data: no training rows are left after tokenisation.")
+        self.batch_size, self.max_len, self.seed, self.pad_id = batch_size, max_len, seed, pad_id
+        self.examples, self.truncated = truncate(examples, max_len)
+        self.packing = packing
+        if packing:
+            items = pack(self.examples, max_len, seed)
+        else:
+            items = [(e.tokens, e.mask, None) for e in self.examples]
+        self.items = items
+        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+        self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.real_tokens = sum(int(m[1:].sum()) for _, m, _ in items)
+
+    def __len__(self):
+        return len(self.groups)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
+
+    def make(self, group: list[int]):
+        rows = [self.items[i] for i in group]
+        longest = max(len(t) for t, _, _ in rows) - 1
+        width = pad_to(longest, cap=self.max_len)
+        b = len(rows)
+        inputs = np.full((b, width), self.pad_id, np.int32)
+        targets = np.full((b, width), self.pad_id, np.int32)
+        mask = np.zeros((b, width), np.float32)
+        segments = np.zeros((b, width), np.int32) if self.packing else None
+        tokens = 0
+        for j, (t, m, s) in enumerate(rows):
+            n = len(t) - 1
+            inputs[j, :n] = t[:-1]
+            targets[j, :n] = t[1:]
+            mask[j, :n] = m[1:]
+            tokens += int(m[1:].sum())
+            if segments is not None:
+                segments[j, :n] = s[:-1]
+        arrays = (inputs, targets, mask) if segments is None else (inputs, targets, mask, segments)
+        return arrays, tokens
+
+    def stream(self, start: int = 0):
+        """Yield (arrays, n_real_tokens) forever, from micro-batch number `start`."""
+        per_epoch = len(self.groups)
+        k = start
+        while True:
+            epoch, pos = divmod(k, per_epoch)
+            order = self.epoch_order(epoch)
+            for i in order[pos:]:
+                yield self.make(self.groups[i])
+                k += 1
+
+    def once(self):
+        """Every batch once, in length order (evaluation)."""
+        for g in self.groups:
+            yield self.make(g)

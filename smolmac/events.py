@@ -1,0 +1,130 @@
+"""Events: what a run reports, one JSON object per line in `events.jsonl`.
+
+Every event has `type` and `step`. The trainer emits them and never prints; the CLI renders
+them with a progress bar, the TUI as charts, tests assert on them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Event:
+    step: int
+
+    type = "event"
+
+    def to_dict(self) -> dict:
+        d = {"type": self.type, **asdict(self)}
+        d.update(d.pop("extra", None) or {})
+        d["time"] = round(time.time(), 3)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+@dataclass
+class Start(Event):
+    total_steps: int
+    method: str
+    model: str
+    trainable_params: int
+    total_params: int
+    train_rows: int
+    valid_rows: int
+    truncated_rows: int = 0
+    resumed_from: int | None = None
+    extra: dict = field(default_factory=dict)
+    type = "start"
+
+
+@dataclass
+class Train(Event):
+    loss: float
+    lr: float
+    tokens_per_second: float
+    trained_tokens: int
+    peak_memory_gb: float
+    elapsed_s: float
+    eta_s: float
+    extra: dict = field(default_factory=dict)
+    type = "train"
+
+
+@dataclass
+class Eval(Event):
+    val_loss: float
+    val_ppl: float
+    extra: dict = field(default_factory=dict)
+    type = "eval"
+
+
+@dataclass
+class Sample(Event):
+    prompt: str
+    completion: str
+    type = "sample"
+
+
+@dataclass
+class Checkpoint(Event):
+    path: str
+    type = "checkpoint"
+
+
+@dataclass
+class Done(Event):
+    output: str
+    stopped: bool = False
+    elapsed_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+    type = "done"
+
+
+@dataclass
+class Error(Event):
+    message: str
+    type = "error"
+
+
+class EventLog:
+    """Appends events to `events.jsonl` (flushed per line) and forwards them to a callback."""
+
+    def __init__(self, path: str | Path | None, callback=None):
+        self.path = Path(path) if path else None
+        self.callback = callback
+        self.events: list[dict] = []
+        self._f = self.path.open("a", encoding="utf-8") if self.path else None
+
+    def __call__(self, event: Event):
+        d = event.to_dict()
+        self.events.append(d)
+        if self._f:
+            self._f.write(json.dumps(d, ensure_ascii=False) + "\n")
+            self._f.flush()
+        if self.callback:
+            self.callback(d)
+
+    def close(self):
+        if self._f:
+            self._f.close()
+            self._f = None
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """Parse an events.jsonl; a partly written last line (run in progress) is ignored."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -1,0 +1,254 @@
+"""Runs: a recipe becomes a run directory (a contract the TUI and other tools rely on):
+
+    DIR/config.yaml      the resolved recipe
+    DIR/events.jsonl     one JSON event per line (see smolmac/events.py)
+    DIR/checkpoints/     step-NNNNNNN/ with full training state (atomic)
+    DIR/adapter/         LoRA/DoRA in mlx-lm's layout   (or DIR/model/ for full fine-tuning)
+
+    import smolmac
+    run = smolmac.train("recipes/sft-full-tiny.yaml", train={"steps": 20})
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from smolmac import events as ev
+from smolmac.config import Config, load_recipe
+from smolmac.errors import UserError
+
+# method -> "module:function" building a train.Task(cfg, model, tokenizer, run_dir)
+TASKS = {
+    "sft": "smolmac.sft:build_task",
+    "pretrain": "smolmac.pretrain:build_task",
+    "dpo": "smolmac.preference:build_task",
+    "orpo": "smolmac.preference:build_task",
+}
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) run: where it is and what it reported."""
+
+    dir: Path
+    config: Config
+    events: list = field(default_factory=list)
+    adapter_path: Path | None = None
+    model_path: Path | None = None
+    stopped: bool = False
+
+    def last(self, type_: str) -> dict | None:
+        return next((e for e in reversed(self.events) if e["type"] == type_), None)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.name or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
+    """Create or reopen a run dir. Resuming reuses the saved config; a different run is refused."""
+    saved = run_dir / "config.yaml"
+    if resume:
+        from smolmac.train import list_checkpoints
+
+        if not saved.is_file() or not list_checkpoints(run_dir / "checkpoints"):
+            raise UserError(f"--resume: {run_dir} has no checkpoint to resume from; start it without --resume (or check the path).")
+        return load_recipe(yaml.safe_load(saved.read_text()))
+    if saved.is_file():
+        same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
+        if not same or (run_dir / "events.jsonl").exists():
+            raise UserError(f"--run-dir: {run_dir} already holds {'a different' if not same else 'this'} run; pass --resume to continue it or choose another --run-dir.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(cfg.to_yaml())
+    tmp.replace(saved)
+    return cfg
+
+
+def materialize_model(cfg: Config, run_dir: Path) -> str:
+    """The model directory or Hub id to load: `{new: ...}` is built (tokenizer included) first."""
+    if isinstance(cfg.model, dict):
+        from smolmac.pretrain import build_new_model
+
+        return str(build_new_model(cfg, run_dir))
+    return cfg.model
+
+
+def _sampler(cfg: Config, model, tokenizer):
+    from smolmac.generate import generate
+
+    def samples(step: int) -> list:
+        return [ev.Sample(step=step, prompt=p, completion=generate(model, tokenizer, p, max_tokens=cfg.eval.max_tokens)) for p in cfg.eval.prompts]
+
+    return samples
+
+
+def _evaluator(cfg: Config, model, tokenizer, task):
+    from smolmac.train import evaluate_loss
+
+    sample = _sampler(cfg, model, tokenizer)
+
+    def evaluate(step: int) -> list:
+        out = []
+        if task.valid is not None:
+            loss, metrics = evaluate_loss(model, task.valid, task.loss_fn, cfg.eval.batches)
+            extra = {f"eval_{k}": round(v, 6) for k, v in metrics.items()}
+            if task.evaluate_extra:
+                extra.update(task.evaluate_extra(model))
+            out.append(ev.Eval(step=step, val_loss=round(loss, 6), val_ppl=round(math.exp(min(loss, 50)), 4), extra=extra))
+        model.eval()
+        out.extend(sample(step))
+        return out
+
+    return evaluate
+
+
+def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None) -> Run:
+    """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout."""
+    if cfg.stages:
+        from smolmac.pipeline import run_pipeline
+
+        return run_pipeline(cfg, run_dir, resume=resume, on_event=on_event, stop=stop)
+    if cfg.method == "tokenizer":
+        from smolmac.pretrain import run_tokenizer_stage
+
+        return run_tokenizer_stage(cfg, run_dir, resume=resume, on_event=on_event)
+    cfg = prepare_run_dir(cfg, run_dir, resume)
+    log = ev.EventLog(run_dir / "events.jsonl", on_event)
+    try:
+        return _run(cfg, run_dir, resume, log, stop)
+    except UserError as e:
+        log(ev.Error(step=0, message=str(e)))
+        raise
+    except KeyboardInterrupt:
+        log(ev.Error(step=0, message="interrupted"))
+        raise
+    except Exception as e:  # recorded so the TUI shows a failed run, then re-raised
+        log(ev.Error(step=0, message=f"{type(e).__name__}: {e}"))
+        raise
+    finally:
+        log.close()
+
+
+def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
+    from smolmac import lora as lora_mod
+    from smolmac.models import count_params, is_quantized, load_model, save_model_dir
+    from smolmac.train import build_optimizer, list_checkpoints, load_checkpoint, save_checkpoint, seed_everything
+    from smolmac.train import train as train_loop
+
+    t = cfg.train
+    seed_everything(t.seed)
+    model_ref = materialize_model(cfg, run_dir)
+    model, tokenizer, model_config, model_path = load_model(model_ref, t.dtype, cfg.trust_remote_code)
+    full = cfg.full or cfg.method == "pretrain"
+    if full:
+        if is_quantized(model):
+            raise UserError("full: a quantised base cannot be fully fine-tuned; use LoRA (QLoRA) on it, or a 16-bit base.")
+        model.unfreeze()
+        adapter_config = lora_mod.adapter_config_for_full()
+    else:
+        adapter_config = lora_mod.apply_lora(model, cfg.lora, seed=t.seed)
+    if t.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(model.layers[0])
+
+    task_fn = TASKS[cfg.method]
+    module, fn = task_fn.split(":")
+    task = getattr(importlib.import_module(module), fn)(cfg, model, tokenizer, run_dir)
+
+    per_epoch = max(len(task.train) // t.grad_accum, 1)
+    total_steps = t.steps or max(1, math.ceil(t.epochs * per_epoch))
+    optimizer = build_optimizer(model, t, total_steps)
+    optimizer.init(model.trainable_parameters())
+    start = None
+    if resume:
+        start = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1], model, optimizer)
+    trainable = lora_mod.trainable_count(model)
+    log(ev.Start(
+        step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
+        trainable_params=trainable, total_params=count_params(model_config) if model_config.get("model_type") == "llama" else trainable,
+        train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
+        resumed_from=start.step if start else None, extra=task.notes or {},
+    ))
+
+    def save(pos):
+        return save_checkpoint(run_dir / "checkpoints", model, optimizer, pos, cfg.save.keep)
+
+    pos = train_loop(
+        model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
+        grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
+        evaluate=_evaluator(cfg, model, tokenizer, task), eval_every=cfg.eval.every,
+        save=save, save_every=cfg.save.every, report_every=t.report_every, start=start,
+    )
+    stopped = pos.step < total_steps
+    run = Run(run_dir, cfg, stopped=stopped)
+    if not stopped:
+        if full:
+            run.model_path = save_model_dir(model, tokenizer, model_config, run_dir / "model")
+        else:
+            extra = {"model": str(model_ref), "base_model_path": str(model_path), "method": cfg.method}
+            run.adapter_path = lora_mod.save_adapter(model, adapter_config, run_dir / "adapter", extra)
+    output = run.model_path or run.adapter_path or (run_dir / "checkpoints")
+    log(ev.Done(step=pos.step, output=str(output), stopped=stopped, elapsed_s=round(pos.elapsed_s, 2)))
+    run.events = ev.read_events(run_dir / "events.jsonl")
+    return run
+
+
+def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, on_event=None, stop=None, **overrides) -> Run:
+    """Train from a recipe path, mapping or Config; keyword overrides mirror the recipe keys.
+
+    Args:
+        recipe: YAML path, dict or Config.
+        run_dir: output directory (default runs/<name>-<timestamp>).
+        resume: continue from the last checkpoint in run_dir.
+        on_event: callback receiving each event dict.
+        stop: threading.Event; when set, the run checkpoints and stops.
+        **overrides: e.g. `train={"lr": 1e-4}`, `model="path"`, `method="sft"`.
+    """
+    if resume and run_dir is not None and recipe is None:
+        cfg = load_recipe(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())) if (Path(run_dir) / "config.yaml").is_file() else None
+        if cfg is None:
+            raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a run directory.")
+    else:
+        cfg = load_recipe(recipe, overrides or None)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    return run_training(cfg, run_dir, resume=resume, on_event=on_event, stop=stop)
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss."""
+    run_dir = Path(run_dir)
+    events = ev.read_events(run_dir / "events.jsonl")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    start = next((e for e in events if e["type"] == "start"), None)
+    last_train = next((e for e in reversed(events) if e["type"] == "train"), None)
+    last = events[-1] if events else None
+    if last is None:
+        status = "new"
+    elif last["type"] == "done":
+        status = "stopped" if last.get("stopped") else "finished"
+    elif last["type"] == "error":
+        status = "failed"
+    else:
+        status = "running"
+    return {
+        "dir": str(run_dir), "status": status, "method": cfg.get("method"), "model": cfg.get("model"),
+        "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
+        "loss": (last_train or {}).get("loss"), "started": (events[0]["time"] if events else None),
+        "error": last.get("message") if last and last["type"] == "error" else None,
+    }
+
+
+def save_json(path: Path, data: dict):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

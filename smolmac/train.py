@@ -1,0 +1,273 @@
+"""The training loop: one `train()` for every method. A method supplies (a) batches and (b) a loss
+function `loss_fn(model, *arrays) -> (loss, weight, metrics)`; the loop does the rest (compiled
+step, AdamW + schedule, clipping, token-weighted accumulation, events, checkpoints, stop).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from smolmac import events as ev
+from smolmac.errors import UserError
+
+
+def build_schedule(tcfg, total_steps: int):
+    """Linear warmup from 0, then cosine/linear decay to lr * min_lr_ratio, or constant."""
+    lr, warmup = tcfg.lr, min(tcfg.warmup, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    end = lr * tcfg.min_lr_ratio
+    if tcfg.schedule == "cosine":
+        main = optim.cosine_decay(lr, decay_steps, end)
+    elif tcfg.schedule == "linear":
+        main = optim.linear_schedule(lr, end, decay_steps)
+    else:
+        main = lambda step: mx.array(lr, dtype=mx.float32)  # noqa: E731
+    if warmup == 0:
+        return main
+    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def _no_decay(path: str, _weight) -> bool:
+    return path.endswith("bias") or "norm" in path or "embed" in path or path.endswith(".m")
+
+
+def build_optimizer(model: nn.Module, tcfg, total_steps: int) -> optim.Optimizer:
+    """AdamW; no weight decay on norms, biases, embeddings and DoRA magnitudes."""
+    schedule = build_schedule(tcfg, total_steps)
+    betas = list(tcfg.betas)
+    if tcfg.weight_decay == 0:
+        return optim.AdamW(learning_rate=schedule, betas=betas, weight_decay=0.0)
+    decayed = optim.AdamW(learning_rate=schedule, betas=betas, weight_decay=tcfg.weight_decay)
+    plain = optim.AdamW(learning_rate=schedule, betas=betas, weight_decay=0.0)
+    return optim.MultiOptimizer([plain, decayed], [_no_decay])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: trainable weights, optimizer state, RNG, step and data position, written atomically
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches consumed from the data stream
+    trained_tokens: int = 0
+    elapsed_s: float = 0.0
+
+
+def save_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer: optim.Optimizer, pos: Position, keep: int = 2) -> Path:
+    """Write checkpoints/step-NNNNNNN/ via a temp dir + rename; keep the newest `keep`."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step-{pos.step:07d}"
+    tmp = ckpt_dir / f".tmp-step-{pos.step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    opt_state = dict(tree_flatten(optimizer.state))
+    opt_state["__rng__"] = mx.random.state[0]
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+    (tmp / "state.json").write_text(json.dumps(pos.__dict__))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.json").is_file())
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> Position:
+    """Restore weights, optimizer state and RNG from a checkpoint written by save_checkpoint."""
+    model.load_weights(str(path / "weights.safetensors"), strict=False)
+    state = mx.load(str(path / "optimizer.safetensors"))
+    mx.random.state[0] = state.pop("__rng__")
+    optimizer.init(model.trainable_parameters())
+    optimizer.state = tree_unflatten(list(state.items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return Position(**json.loads((path / "state.json").read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _memory_gb() -> float:
+    return mx.get_peak_memory() / 1e9
+
+
+def train(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    batches,
+    loss_fn,
+    *,
+    total_steps: int,
+    on_event,
+    grad_accum: int = 1,
+    grad_clip: float = 1.0,
+    stop=None,
+    evaluate=None,
+    eval_every: int = 0,
+    save=None,
+    save_every: int = 0,
+    report_every: int = 10,
+    start: Position | None = None,
+) -> Position:
+    """Run optimizer steps until `total_steps` or `stop` is set.
+
+    Args:
+        batches: has `stream(start_micro)` yielding `(arrays, n_real_tokens)` forever.
+        loss_fn: `(model, *arrays) -> (loss, weight, metrics)`; `loss` is a mean over `weight`.
+        on_event: receives `smolmac.events.Event`s.
+        stop: a `threading.Event`; checked after each step, then a checkpoint is saved.
+        evaluate: `(step) -> list[Event]`, called every `eval_every` steps and at the end.
+        save: `(Position) -> path`, called every `save_every` steps, on stop and at the end.
+        start: where to resume (step, data position, counters).
+    """
+    pos = start or Position()
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    def clip(grads):
+        return optim.clip_grad_norm(grads, grad_clip)[0] if grad_clip > 0 else grads
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(*arrays):
+        (loss, weight, metrics), grads = loss_and_grad(model, *arrays)
+        optimizer.update(model, clip(grads))
+        return loss, weight, metrics
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def accumulate(acc, *arrays):
+        # Sum of weight * grad over micro-batches; divided by the total weight in `apply`, so
+        # every token (or pair) counts the same whatever micro-batch it landed in.
+        (loss, weight, metrics), grads = loss_and_grad(model, *arrays)
+        grads = tree_map(lambda g: g * weight, grads)
+        if acc is not None:
+            grads = tree_map(mx.add, grads, acc)
+        return loss, weight, metrics, grads
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def apply(acc, total_weight):
+        optimizer.update(model, clip(tree_map(lambda g: g / total_weight, acc)))
+
+    model.train()
+    stream = batches.stream(pos.micro)
+    window_loss, window_weight, window_tokens, window_time, window_metrics = 0.0, 0.0, 0, 0.0, {}
+    window_steps = 0
+    stopped = False
+    while pos.step < total_steps:
+        tic = time.perf_counter()
+        losses, weights, metrics_list, acc = [], [], [], None
+        tokens = 0
+        for _ in range(grad_accum):
+            arrays, ntok = next(stream)
+            arrays = [mx.array(a) for a in arrays]
+            if grad_accum == 1:
+                loss, weight, metrics = step(*arrays)
+            else:
+                loss, weight, metrics, acc = accumulate(acc, *arrays)
+            losses.append(loss * weight)
+            weights.append(weight)
+            metrics_list.append(metrics)
+            tokens += ntok
+            pos.micro += 1
+        if grad_accum > 1:
+            apply(acc, sum(weights))
+        mx.eval(state, losses, weights, metrics_list)
+        dt = time.perf_counter() - tic
+        pos.step += 1
+        pos.trained_tokens += tokens
+        pos.elapsed_s += dt
+        window_time += dt
+        window_tokens += tokens
+        window_steps += 1
+        w = sum(x.item() for x in weights)
+        window_loss += sum(x.item() for x in losses)
+        window_weight += w
+        for m in metrics_list:
+            for k, v in m.items():
+                window_metrics[k] = window_metrics.get(k, 0.0) + v.item() / (grad_accum)
+        done = pos.step >= total_steps
+        stopped = stop is not None and stop.is_set()
+
+        if pos.step % report_every == 0 or done or stopped or pos.step == 1:
+            loss_value = window_loss / max(window_weight, 1e-9)
+            if not math.isfinite(loss_value):
+                raise UserError(f"train: the loss became {loss_value} at step {pos.step}; lower train.lr or raise train.warmup (the last checkpoint is kept).")
+            lr = optimizer.learning_rate if not isinstance(optimizer, optim.MultiOptimizer) else optimizer.optimizers[0].learning_rate
+            per_step = pos.elapsed_s / max(pos.step - (start.step if start else 0), 1)
+            on_event(ev.Train(
+                step=pos.step, loss=round(loss_value, 6), lr=float(lr.item() if hasattr(lr, "item") else lr),
+                tokens_per_second=round(window_tokens / max(window_time, 1e-9), 1),
+                trained_tokens=pos.trained_tokens, peak_memory_gb=round(_memory_gb(), 4),
+                elapsed_s=round(pos.elapsed_s, 2), eta_s=round(per_step * (total_steps - pos.step), 1),
+                extra={k: round(v / window_steps, 6) for k, v in window_metrics.items()},
+            ))
+            window_loss, window_weight, window_tokens, window_time, window_metrics, window_steps = 0.0, 0.0, 0, 0.0, {}, 0
+
+        if evaluate and ((eval_every and pos.step % eval_every == 0) or done):
+            for e in evaluate(pos.step):
+                on_event(e)
+            model.train()
+        if save and (done or stopped or (save_every and pos.step % save_every == 0)):
+            on_event(ev.Checkpoint(step=pos.step, path=str(save(pos))))
+        if stopped:
+            break
+    return pos
+
+
+def evaluate_loss(model: nn.Module, batches, loss_fn, max_batches: int = -1) -> tuple[float, dict]:
+    """Weighted mean loss and metrics over the validation batches (no gradients)."""
+    model.eval()
+    total, weight, sums, count = 0.0, 0.0, {}, 0
+    for i, (arrays, _ntok) in enumerate(batches.once()):
+        if max_batches >= 0 and i >= max_batches:
+            break
+        loss, w, metrics = loss_fn(model, *[mx.array(a) for a in arrays])
+        mx.eval(loss, w, metrics)
+        total += loss.item() * w.item()
+        weight += w.item()
+        count += 1
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+    return total / max(weight, 1e-9), {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def seed_everything(seed: int):
+    mx.random.seed(seed)
+    np.random.seed(seed)
+
+
+@dataclass
+class Task:
+    """What a method gives the loop: batches, a loss, and what to report.
+
+    `evaluate_extra(model) -> dict` may add method-specific eval metrics (e.g. exact match).
+    """
+
+    train: object
+    valid: object | None
+    loss_fn: object
+    train_rows: int
+    valid_rows: int
+    truncated: int = 0
+    notes: dict | None = None
+    evaluate_extra: object | None = None

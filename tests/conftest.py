@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny tokenizer and Llama model built on the fly (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import smolmac  # noqa: F401  (loads the optimised BLAS before mlx)
+
+WORDS = (
+    "the cat sat on a mat and a dog ran to the park while birds sang in tall green trees "
+    "numbers like one two three four five add up quickly caffè perché città naïve 🙂 code def f(x): return x + 1"
+).split()
+
+
+def corpus(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) for _ in range(n)]
+
+
+def chat_rows(n: int = 48, seed: int = 0) -> list[dict]:
+    """Variable-length chats; the answer is the user's words reversed (learnable)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS[:20]) for _ in range(rng.randint(2, 8))]
+        rows.append({"messages": [
+            {"role": "user", "content": "reverse: " + " ".join(words)},
+            {"role": "assistant", "content": " ".join(reversed(words))},
+        ]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory) -> Path:
+    from smolmac.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    return train_tokenizer(corpus(), out, vocab_size=320)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A 2-layer, hidden-64 Llama with the tiny tokenizer, saved in HF layout."""
+    from smolmac.models import new_model
+
+    return new_model({"preset": "nano"}, tiny_tokenizer, tmp_path_factory.mktemp("model"), seed=0)
+
+
+@pytest.fixture()
+def chat_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "chat.jsonl", chat_rows())

@@ -1,0 +1,1 @@
+"""The smolmac Textual app (installed as `smolmac.tui`)."""

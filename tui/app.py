@@ -1,0 +1,1 @@
+"""Placeholder; the TUI issue builds the app."""
