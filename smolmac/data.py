@@ -231,7 +231,8 @@ def render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
 
 def end_of_turn_ids(tokenizer) -> set[int]:
     hf = hf_tokenizer(tokenizer)
-    ids = set(getattr(tokenizer, "eos_token_ids", None) or [])
+    ids = getattr(tokenizer, "eos_token_ids", None)  # mlx-lm wrapper: a set; HF 5: maybe an int
+    ids = {ids} if isinstance(ids, int) else set(ids or [])
     if hf.eos_token_id is not None:
         ids.add(hf.eos_token_id)
     for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>"):
@@ -345,14 +346,11 @@ def split_valid(rows: list, fraction: float, seed: int) -> tuple[list, list]:
 # Batching
 
 
-def pad_to(n: int, multiple: int = 32, cap: int | None = None) -> int:
-    """Round a length up to a few shapes (multiples of 32, then powers of two) so compiled
-    graphs are reused."""
-    if n <= 256:
-        size = -(-n // multiple) * multiple
-    else:
-        size = 1 << (n - 1).bit_length()
-        size = min(size, -(-n // 256) * 256)
+def pad_to(n: int, cap: int | None = None) -> int:
+    """Round a length up to one of a few shapes (multiples of 32 up to 256, of 64 up to 1024,
+    then of 128) so compiled graphs are reused while padding stays small."""
+    step = 32 if n <= 256 else 64 if n <= 1024 else 128
+    size = -(-n // step) * step
     return min(size, cap) if cap else size
 
 

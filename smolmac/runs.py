@@ -57,7 +57,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
     """Create or reopen a run dir. Resuming reuses the saved config; a different run is refused."""
     saved = run_dir / "config.yaml"
     if resume:
-        from smolmac.train import list_checkpoints
+        from smolmac.trainer import list_checkpoints
 
         if not saved.is_file() or not list_checkpoints(run_dir / "checkpoints"):
             raise UserError(f"--resume: {run_dir} has no checkpoint to resume from; start it without --resume (or check the path).")
@@ -92,7 +92,7 @@ def _sampler(cfg: Config, model, tokenizer):
 
 
 def _evaluator(cfg: Config, model, tokenizer, task):
-    from smolmac.train import evaluate_loss
+    from smolmac.trainer import evaluate_loss
 
     sample = _sampler(cfg, model, tokenizer)
 
@@ -141,8 +141,8 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
 def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     from smolmac import lora as lora_mod
     from smolmac.models import count_params, is_quantized, load_model, save_model_dir
-    from smolmac.train import build_optimizer, list_checkpoints, load_checkpoint, save_checkpoint, seed_everything
-    from smolmac.train import train as train_loop
+    from smolmac.trainer import build_optimizer, list_checkpoints, load_checkpoint, save_checkpoint, seed_everything
+    from smolmac.trainer import train as train_loop
 
     t = cfg.train
     seed_everything(t.seed)
@@ -187,7 +187,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
         grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
         evaluate=_evaluator(cfg, model, tokenizer, task), eval_every=cfg.eval.every,
-        save=save, save_every=cfg.save.every, report_every=t.report_every, start=start,
+        save=save, save_every=cfg.save.every, report_every=t.report_every, start=start, seed=t.seed,
     )
     stopped = pos.step < total_steps
     run = Run(run_dir, cfg, stopped=stopped)

@@ -6,7 +6,7 @@ from smolmac import data
 from smolmac.data import hf_tokenizer
 from smolmac.errors import UserError
 from smolmac.losses import lm_loss
-from smolmac.train import Task
+from smolmac.trainer import Task
 
 
 def load_split_rows(cfg, method: str) -> tuple[str, list[dict], list[dict]]:

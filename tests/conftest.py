@@ -52,7 +52,8 @@ def tiny_model(tmp_path_factory, tiny_tokenizer) -> Path:
     """A 2-layer, hidden-64 Llama with the tiny tokenizer, saved in HF layout."""
     from smolmac.models import new_model
 
-    return new_model({"preset": "nano"}, tiny_tokenizer, tmp_path_factory.mktemp("model"), seed=0)
+    # init std 0.1 (not 0.02) so a random model has logits large enough for LoRA to move
+    return new_model({"preset": "nano", "initializer_range": 0.1}, tiny_tokenizer, tmp_path_factory.mktemp("model"), seed=0)
 
 
 @pytest.fixture()

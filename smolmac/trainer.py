@@ -56,7 +56,8 @@ def build_optimizer(model: nn.Module, tcfg, total_steps: int) -> optim.Optimizer
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: trainable weights, optimizer state, RNG, step and data position, written atomically
+# Checkpoints: trainable weights, optimizer state, step and data position, written atomically.
+# The RNG needs no saving: it is reseeded from the data position before every micro-batch.
 
 
 @dataclass
@@ -75,9 +76,7 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer: optim.Optimizer
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    opt_state = dict(tree_flatten(optimizer.state))
-    opt_state["__rng__"] = mx.random.state[0]
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
     (tmp / "state.json").write_text(json.dumps(pos.__dict__))
     if final.exists():
         shutil.rmtree(final)
@@ -97,7 +96,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) ->
     """Restore weights, optimizer state and RNG from a checkpoint written by save_checkpoint."""
     model.load_weights(str(path / "weights.safetensors"), strict=False)
     state = mx.load(str(path / "optimizer.safetensors"))
-    mx.random.state[0] = state.pop("__rng__")
     optimizer.init(model.trainable_parameters())
     optimizer.state = tree_unflatten(list(state.items()))
     mx.eval(model.parameters(), optimizer.state)
@@ -129,6 +127,7 @@ def train(
     save_every: int = 0,
     report_every: int = 10,
     start: Position | None = None,
+    seed: int = 0,
 ) -> Position:
     """Run optimizer steps until `total_steps` or `stop` is set.
 
@@ -140,8 +139,11 @@ def train(
         evaluate: `(step) -> list[Event]`, called every `eval_every` steps and at the end.
         save: `(Position) -> path`, called every `save_every` steps, on stop and at the end.
         start: where to resume (step, data position, counters).
+        seed: the RNG (dropout) is reseeded from (seed, micro-batch number) before every
+            micro-batch, so a resumed run draws exactly what the uninterrupted run drew.
     """
     pos = start or Position()
+    optimizer.init(model.trainable_parameters())  # no-op for state already there (resume)
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
 
@@ -179,6 +181,7 @@ def train(
         tokens = 0
         for _ in range(grad_accum):
             arrays, ntok = next(stream)
+            mx.random.seed(seed * 1_000_003 + pos.micro)
             arrays = [mx.array(a) for a in arrays]
             if grad_accum == 1:
                 loss, weight, metrics = step(*arrays)
@@ -206,9 +209,7 @@ def train(
             for k, v in m.items():
                 window_metrics[k] = window_metrics.get(k, 0.0) + v.item() / (grad_accum)
         done = pos.step >= total_steps
-        stopped = stop is not None and stop.is_set()
-
-        if pos.step % report_every == 0 or done or stopped or pos.step == 1:
+        if pos.step % report_every == 0 or done or pos.step == 1 or (stop is not None and stop.is_set()):
             loss_value = window_loss / max(window_weight, 1e-9)
             if not math.isfinite(loss_value):
                 raise UserError(f"train: the loss became {loss_value} at step {pos.step}; lower train.lr or raise train.warmup (the last checkpoint is kept).")
@@ -222,6 +223,7 @@ def train(
                 extra={k: round(v / window_steps, 6) for k, v in window_metrics.items()},
             ))
             window_loss, window_weight, window_tokens, window_time, window_metrics, window_steps = 0.0, 0.0, 0, 0.0, {}, 0
+        stopped = stop is not None and stop.is_set() and not done
 
         if evaluate and ((eval_every and pos.step % eval_every == 0) or done):
             for e in evaluate(pos.step):

@@ -1,0 +1,260 @@
+"""The `smolmac` command.
+
+    smolmac                                  # the Textual app (same as `smolmac tui`)
+    smolmac train recipes/quickstart.yaml    # train from a recipe (progress bar)
+    smolmac train RECIPE --set train.lr=1e-4 --run-dir runs/x [--json | --quiet]
+    smolmac train --resume runs/x            # continue from the last checkpoint
+    smolmac generate --model M [--adapter runs/x] --prompt "Hi"
+    smolmac export runs/x --format peft|hf|mlx --to out/ [--dtype bfloat16]
+    smolmac upload out/ --repo you/name [--private] [--dry-run]
+    smolmac bench sft|dpo|pretrain
+    smolmac runs                             # list runs
+
+Every user error ends in one sentence on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from smolmac.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
+    t.add_argument("recipe", nargs="?", help="Recipe YAML (not needed with --resume DIR).")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable).")
+    t.add_argument("--run-dir", help="Run directory (default runs/<recipe>-<timestamp>).")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR", help="Continue the run in DIR (or --run-dir) from its last checkpoint.")
+    out = t.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="Stream events as JSON lines to stdout instead of a progress bar.")
+    out.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
+    t.add_argument("--help-keys", action="store_true", help="List every recipe key with its default and help, then exit.")
+
+    g = sub.add_parser("generate", help="Stream a completion from a model (optionally with an adapter).")
+    g.add_argument("--model", required=True, help="Hub id or local model directory.")
+    g.add_argument("--adapter", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir.")
+    g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
+    g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
+    g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
+    g.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (default 1.0).")
+    g.add_argument("--raw", action="store_true", help="Do not apply the chat template.")
+
+    e = sub.add_parser("export", help="Export a run as a PEFT adapter, a fused Hugging Face model or an mlx-lm adapter.")
+    e.add_argument("run_dir", help="The run directory (or an adapter directory).")
+    e.add_argument("--format", required=True, choices=["peft", "hf", "mlx"], help="peft: PEFT LoRA adapter; hf: fused transformers model; mlx: mlx-lm adapter.")
+    e.add_argument("--to", required=True, help="Output directory.")
+    e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the model's).")
+    e.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
+
+    u = sub.add_parser("upload", help="Upload an export to the Hugging Face Hub.")
+    u.add_argument("dir", help="An export directory (from `smolmac export`).")
+    u.add_argument("--repo", required=True, help="Hub repository, e.g. you/my-model.")
+    u.add_argument("--private", action="store_true", help="Create the repository as private.")
+    u.add_argument("--dry-run", action="store_true", help="Show the files and the model card; upload nothing (offline).")
+    u.add_argument("--message", help="Commit message.")
+
+    b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain).")
+    b.add_argument("what", choices=["sft", "dpo", "pretrain"], help="Which benchmark.")
+    b.add_argument("--size", default="tiny", choices=["tiny", "135m"], help="Model shape (135m needs a GPU or a Mac).")
+    b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
+    b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
+    b.add_argument("--out", help="Write the results as JSON here.")
+
+    r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
+    r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
+
+    sub.add_parser("tui", help="Open the Textual app.")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _print_keys():
+    from smolmac.config import field_help
+
+    for key, tp, default, help_ in field_help():
+        print(f"{key:24} {tp:22} default {default!r}\n    {help_}")
+
+
+class ProgressView:
+    """Renders events with a rich progress bar (loss, tok/s, memory, ETA)."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=False)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, e: dict):
+        kind = e["type"]
+        log = self.progress.console.print
+        if kind == "start":
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
+            self.task = self.progress.add_task(e["method"], total=e["total_steps"], completed=e["step"], info="")
+        elif kind == "train" and self.task is not None:
+            info = f"loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_second']:,.0f} tok/s  {e['peak_memory_gb']:.2f} GB"
+            self.progress.update(self.task, completed=e["step"], info=info)
+        elif kind == "eval":
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl") and isinstance(v, (int, float)))
+            log(f"step {e['step']}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}  {extra}")
+        elif kind == "sample":
+            log(f"[dim]step {e['step']} sample[/] {e['prompt']!r} → {e['completion']!r}")
+        elif kind == "checkpoint":
+            log(f"[dim]checkpoint {e['path']}[/]")
+        elif kind == "metrics":
+            log(e.get("table") or json.dumps(e))
+        elif kind == "done":
+            log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
+
+
+def cmd_train(args) -> int:
+    if args.help_keys:
+        _print_keys()
+        return 0
+    from smolmac import runs
+    from smolmac.config import load_recipe
+
+    resume = bool(args.resume)
+    run_dir = args.resume if isinstance(args.resume, str) else args.run_dir
+    if resume and not run_dir:
+        raise UserError("--resume: give the run directory, e.g. smolmac train --resume runs/my-run.")
+    if not resume and not args.recipe:
+        raise UserError("train: give a recipe, e.g. smolmac train recipes/quickstart.yaml.")
+    if resume:
+        cfg_path = Path(run_dir) / "config.yaml"
+        if not cfg_path.is_file():
+            raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a run directory.")
+        cfg = load_recipe(cfg_path, args.overrides)
+    else:
+        cfg = load_recipe(args.recipe, args.overrides)
+    run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
+
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    if args.json:
+        def show(e):
+            print(json.dumps(e, ensure_ascii=False), flush=True)
+        run = runs.run_training(cfg, run_dir, resume=resume, on_event=show, stop=stop)
+    elif args.quiet:
+        run = runs.run_training(cfg, run_dir, resume=resume, stop=stop)
+    else:
+        from smolmac import _blas
+
+        view = ProgressView()
+        if _blas.status == "absent":
+            view.console.print(f"[yellow]{_blas.HINT}[/]")
+        view.console.print(f"run dir: {run_dir}")
+        with view:
+            run = runs.run_training(cfg, run_dir, resume=resume, on_event=view, stop=stop)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from smolmac.generate import load_for_generation, stream
+
+    model, tok = load_for_generation(args.model, args.adapter)
+    for piece in stream(model, tok, args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, chat=False if args.raw else None):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from smolmac.export import export_run
+
+    out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print)
+    print(f"exported {args.format} → {out}")
+    return 0
+
+
+def cmd_upload(args) -> int:
+    from smolmac.hub import upload
+
+    upload(args.dir, args.repo, private=args.private, dry_run=args.dry_run, message=args.message, on_message=print)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from smolmac.bench import run_bench
+
+    run_bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from smolmac.runs import read_run
+
+    root = Path(args.dir)
+    table = Table("run", "status", "method", "model", "step", "loss")
+    for d in sorted(p for p in root.glob("*") if (p / "config.yaml").is_file()) if root.is_dir() else []:
+        r = read_run(d)
+        table.add_row(d.name, r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
+    Console().print(table)
+    return 0
+
+
+def cmd_tui(args) -> int:
+    from smolmac.tui.app import run_app
+
+    run_app()
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "bench": cmd_bench, "runs": cmd_runs, "tui": cmd_tui, None: cmd_tui}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints already written are kept.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: not enough memory for this run; lower train.batch_size or train.max_seq_len, set train.grad_checkpoint: true, or use a 4-bit (QLoRA) base.", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "memory" in str(e).lower() or "malloc" in str(e).lower():
+            print("error: not enough memory for this run; lower train.batch_size or train.max_seq_len, set train.grad_checkpoint: true, or use a 4-bit (QLoRA) base.", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
