@@ -190,6 +190,11 @@ def prepare_rows(rows: list[dict], data_cfg, where: str) -> tuple[str, list[dict
     """Apply column mapping and detect (or check) the format. Returns (kind, rows)."""
     if not rows:
         raise UserError(f"{where}: the data is empty; give a file with at least one row.")
+    first = rows[0]
+    for ours, theirs in data_cfg.columns.items():
+        if theirs not in first and ours not in first:
+            have = sorted(set(first) - {WHERE})
+            raise UserError(f"{first.get(WHERE, where)}: data.columns maps '{ours}' to '{theirs}', but the row has no '{theirs}' column (it has {have}).")
     rows = _map_columns(rows, data_cfg.columns)
     kind = data_cfg.format if data_cfg.format != "auto" else detect_format(rows[0], rows[0].get(WHERE, where))
     required = {"text": ("text",), "messages": ("messages",), "prompt_completion": ("prompt", "completion"), "preference": ("chosen", "rejected")}[kind]
@@ -440,14 +445,14 @@ class Batches:
             inputs[j, :n] = t[:-1]
             targets[j, :n] = t[1:]
             mask[j, :n] = m[1:]
-            tokens += int(m[1:].sum())
+            tokens += n  # real (non-pad) tokens processed, as mlx-lm counts them
             if segments is not None:
                 segments[j, :n] = s[:-1]
         arrays = (inputs, targets, mask) if segments is None else (inputs, targets, mask, segments)
         return arrays, tokens
 
     def stream(self, start: int = 0):
-        """Yield (arrays, n_real_tokens) forever, from micro-batch number `start`."""
+        """Yield (arrays, n_real_non_pad_tokens) forever, from micro-batch number `start`."""
         per_epoch = len(self.groups)
         k = start
         while True:

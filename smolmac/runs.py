@@ -50,7 +50,12 @@ class Run:
 
 
 def default_run_dir(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.name or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{cfg.name or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:

@@ -80,7 +80,7 @@ def test_bucketing_sorts_by_length_and_pads_to_few_shapes():
         inputs, _, mask = arrays
         widths.add(inputs.shape[1])
         pad += mask.size - mask.sum()
-        assert ntok == int(mask.sum())
+        assert ntok == int(mask.sum())  # every token is trained in these rows
     # unsorted batches of the same rows (what a no-op sort gives) pad far more
     lengths = [len(e.tokens) - 1 for e in exs]
     unsorted_pad = sum(8 * data.pad_to(max(lengths[i:i + 8])) - sum(lengths[i:i + 8]) for i in range(0, 64, 8))
