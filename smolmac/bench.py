@@ -1,0 +1,175 @@
+"""Benchmarks, one command each, same model/data/batch/rank/targets, every system in a fresh
+process (so peak memory is its own):
+
+    smolmac bench sft [--size tiny|135m] [--steps N] [--batch-size B] [--out results.json]
+    smolmac bench dpo
+    smolmac bench pretrain
+
+`sft` trains the same random-weight model on the same variable-length chat rows (short and long
+mixed) through smolmac and through `mlx_lm.tuner.train`, and reports real (non-pad) tokens per
+second and peak memory for both, and the ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SIZES = {
+    # preset overrides and tokenizer vocab for each benchmark shape
+    "tiny": ({"preset": "micro"}, 2048),
+    "135m": ({"preset": "smollm2-135m"}, 49152),
+}
+WORDS = "the a cat dog sat ran on in park tree green blue one two three four five six seven eight nine ten".split()
+
+
+def chat_rows(n: int, seed: int = 0) -> list[dict]:
+    """Chats of mixed length: 70% short (10-60 words), 30% long (150-400 words)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        long = rng.random() < 0.3
+        k = rng.randint(150, 400) if long else rng.randint(10, 60)
+        q = " ".join(rng.choice(WORDS) for _ in range(max(3, k // 4)))
+        a = " ".join(rng.choice(WORDS) for _ in range(k))
+        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    return rows
+
+
+def make_fixture(root: Path, size: str) -> tuple[Path, Path]:
+    """A tokenizer + random model of the given shape, and a chat jsonl file."""
+    from smolmac.models import new_model
+    from smolmac.tokenizer import train_tokenizer
+
+    spec, vocab = SIZES[size]
+    rows = chat_rows(256)
+    texts = [m["content"] for r in rows for m in r["messages"]] + [" ".join(WORDS)] * 10
+    # a word-level corpus cannot fill a 49k vocab: pad the spec's vocab_size instead
+    tok = train_tokenizer(texts, root / "tok", vocab_size=300, source="bench corpus")
+    model = new_model({**spec, "vocab_size": vocab}, tok, root / "model")
+    data = root / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return model, data
+
+
+def _worker_smolmac(model: str, data: str, steps: int, batch: int, out: str) -> dict:
+    import mlx.core as mx
+
+    import smolmac
+
+    rec = {
+        "model": model, "data": {"train": data},
+        "lora": {"rank": 8, "alpha": 160.0, "targets": "all-linear"},
+        "train": {"steps": steps, "batch_size": batch, "lr": 1e-4, "max_seq_len": 1024, "report_every": 1, "grad_clip": 0.0},
+    }
+    mx.reset_peak_memory()
+    run = smolmac.train(rec, run_dir=out)
+    tr = [e for e in run.events if e["type"] == "train"]
+    skip = tr[len(tr) // 5 - 1]  # the first fifth of the steps compiles graphs for new shapes
+    elapsed = tr[-1]["elapsed_s"] - skip["elapsed_s"]
+    toks = tr[-1]["trained_tokens"] - skip["trained_tokens"]
+    return {"tokens_per_second": toks / elapsed, "peak_memory_gb": mx.get_peak_memory() / 1e9, "final_loss": tr[-1]["loss"]}
+
+
+def _worker_mlx_lm(model: str, data: str, steps: int, batch: int, out: str) -> dict:
+    import time
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load
+
+    import smolmac  # noqa: F401  (same BLAS as smolmac's run)
+    from smolmac.lora import target_keys
+
+    m, tok = load(model)
+    m.set_dtype(mx.float32)
+    m.freeze()
+    linear_to_lora_layers(m, len(m.layers), {"rank": 8, "scale": 20.0, "dropout": 0.0, "keys": target_keys(m, "all-linear")})
+    rows = [json.loads(line) for line in Path(data).read_text().splitlines()]
+    # mask_prompt=False: mlx-lm then counts every non-pad token, as smolmac's tokens_per_second does
+    ds = CacheDataset(ChatDataset(rows, tok, mask_prompt=False))
+    reports = []
+
+    class CB:
+        def on_train_loss_report(self, info):
+            reports.append({**info, "t": time.perf_counter()})
+
+        def on_val_loss_report(self, info):
+            pass
+
+    args = TrainingArgs(batch_size=batch, iters=steps, steps_per_report=1, steps_per_eval=10**9, steps_per_save=10**9,
+                        max_seq_length=1024, adapter_file=str(Path(out) / "adapters.safetensors"))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    mx.reset_peak_memory()
+    train(m, optim.AdamW(learning_rate=1e-4), ds, None, args, training_callback=CB())
+    warm = reports[len(reports) // 5:]
+    # tokens_per_second per report = that step's tokens / its train time
+    toks = sum(r["tokens_per_second"] / r["iterations_per_second"] for r in warm)
+    secs = sum(1 / r["iterations_per_second"] for r in warm)
+    return {"tokens_per_second": toks / secs, "peak_memory_gb": mx.get_peak_memory() / 1e9, "final_loss": reports[-1]["train_loss"]}
+
+
+WORKERS = {"smolmac": _worker_smolmac, "mlx_lm": _worker_mlx_lm}
+
+
+def _spawn(system: str, *args) -> dict:
+    out = subprocess.run([sys.executable, "-m", "smolmac.bench", system, *map(str, args)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{system} benchmark failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_sft(size: str = "tiny", steps: int | None = None, batch_size: int = 8, on_message=print) -> dict:
+    steps = steps or (60 if size == "tiny" else 40)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model, data = make_fixture(root, size)
+        on_message(f"bench sft ({size}, batch {batch_size}, LoRA r8 all-linear, {steps} steps) ...")
+        res = {name: _spawn(name, model, data, steps, batch_size, root / name) for name in ("mlx_lm", "smolmac")}
+    res["ratio_tokens_per_second"] = res["smolmac"]["tokens_per_second"] / res["mlx_lm"]["tokens_per_second"]
+    res["ratio_peak_memory"] = res["smolmac"]["peak_memory_gb"] / res["mlx_lm"]["peak_memory_gb"]
+    return res
+
+
+def machine() -> str:
+    import mlx.core as mx
+
+    dev = mx.default_device()
+    return f"{platform.system()} {platform.machine()}, {dev}, mlx {mx.__version__}"
+
+
+def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out: str | None = None, on_message=print) -> dict:
+    """Run one benchmark, print a table, optionally save JSON."""
+    if what == "sft":
+        res = bench_sft(size, steps, batch_size, on_message)
+        rows = [(name, res[name]["tokens_per_second"], res[name]["peak_memory_gb"]) for name in ("mlx_lm", "smolmac")]
+        on_message(f"{'system':10} {'tok/s':>10} {'peak GB':>9}")
+        for name, tps, mem in rows:
+            on_message(f"{name:10} {tps:10.0f} {mem:9.3f}")
+        on_message(f"smolmac/mlx-lm: {res['ratio_tokens_per_second']:.2f}x tok/s, {res['ratio_peak_memory']:.2f}x peak memory")
+    elif what == "dpo":
+        from smolmac.preference import bench_dpo
+
+        res = bench_dpo(size=size, steps=steps, batch_size=batch_size, on_message=on_message)
+    else:
+        from smolmac.pretrain import bench_pretrain
+
+        res = bench_pretrain(size=size, steps=steps, batch_size=batch_size, on_message=on_message)
+    res["machine"] = machine()
+    on_message(f"machine: {res['machine']}")
+    if out:
+        Path(out).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":  # worker: python -m smolmac.bench SYSTEM MODEL DATA STEPS BATCH OUT
+    system, model, data, steps, batch, out = sys.argv[1:7]
+    print(json.dumps(WORKERS[system](model, data, int(steps), int(batch), out)))
