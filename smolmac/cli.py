@@ -91,7 +91,13 @@ class ProgressView:
 
     def __init__(self):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = Console(stderr=False)
         self.progress = Progress(
@@ -164,9 +170,9 @@ def cmd_train(args) -> int:
     if args.json:
         def show(e):
             print(json.dumps(e, ensure_ascii=False), flush=True)
-        run = runs.run_training(cfg, run_dir, resume=resume, on_event=show, stop=stop)
+        runs.run_training(cfg, run_dir, resume=resume, on_event=show, stop=stop)
     elif args.quiet:
-        run = runs.run_training(cfg, run_dir, resume=resume, stop=stop)
+        runs.run_training(cfg, run_dir, resume=resume, stop=stop)
     else:
         from smolmac import _blas
 
@@ -175,7 +181,7 @@ def cmd_train(args) -> int:
             view.console.print(f"[yellow]{_blas.HINT}[/]")
         view.console.print(f"run dir: {run_dir}")
         with view:
-            run = runs.run_training(cfg, run_dir, resume=resume, on_event=view, stop=stop)
+            runs.run_training(cfg, run_dir, resume=resume, on_event=view, stop=stop)
     return 0
 
 

@@ -183,7 +183,11 @@ def resolve_model_path(spec: str) -> Path:
     if _LOCAL_HINT.match(spec) or spec.count("/") > 1:
         raise UserError(f"model: the local path {spec} does not exist; check the path or give a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct.")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     patterns = ["*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]

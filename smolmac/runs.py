@@ -146,11 +146,20 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
 def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     from smolmac import lora as lora_mod
     from smolmac.models import count_params, is_quantized, load_model, save_model_dir
-    from smolmac.trainer import build_optimizer, list_checkpoints, load_checkpoint, save_checkpoint, seed_everything
+    from smolmac.trainer import (
+        build_optimizer,
+        list_checkpoints,
+        load_checkpoint,
+        save_checkpoint,
+        seed_everything,
+    )
     from smolmac.trainer import train as train_loop
 
     t = cfg.train
     seed_everything(t.seed)
+    from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+    maybe_set_recommended_wired_limit()  # Metal only; returns at once on CPU/CUDA
     model_ref = materialize_model(cfg, run_dir)
     model, tokenizer, model_config, model_path = load_model(model_ref, t.dtype, cfg.trust_remote_code)
     full = cfg.full or cfg.method == "pretrain"

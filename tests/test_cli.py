@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import chat_rows, write_jsonl
+
 from smolmac.cli import main
 
 

@@ -9,8 +9,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 import smolmac
-from smolmac.lora import apply_lora
 from smolmac.config import LoraConfig
+from smolmac.lora import apply_lora
 from smolmac.models import load_model
 
 
