@@ -422,7 +422,7 @@ class Batches:
         self.items = items
         order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
         self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        self.real_tokens = sum(int(m[1:].sum()) for _, m, _ in items)
+        self.longest = pad_to(max(len(t) - 1 for t, _, _ in items), cap=max_len)  # widest batch
 
     def __len__(self):
         return len(self.groups)

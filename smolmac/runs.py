@@ -116,6 +116,26 @@ def _evaluator(cfg: Config, model, tokenizer, task):
     return evaluate
 
 
+def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
+    """Predicted peak memory at the longest batch; turns on gradient checkpointing when the
+    step would not fit."""
+    from smolmac.memory import estimate_recipe
+
+    try:
+        est = estimate_recipe(cfg, model_config, seq_len)
+    except KeyError:  # a config without the usual Llama-style keys: no estimate
+        return {}
+    plan = {"params": est["params"], "memory_estimate_gb": round(est["total_gb"], 3), "machine_memory_gb": round(est["machine_gb"], 1)}
+    if not est["fits"] and not cfg.train.grad_checkpoint:
+        cfg.train.grad_checkpoint = True
+        checkpointed = estimate_recipe(cfg, model_config, seq_len)
+        cfg.train.grad_checkpoint = False
+        plan.update(auto_checkpoint=True, memory_estimate_gb=round(checkpointed["total_gb"], 3))
+    if est.get("suggestion"):
+        plan["memory_suggestion"] = est["suggestion"]
+    return plan
+
+
 def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None) -> Run:
     """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout."""
     if cfg.stages:
@@ -170,14 +190,15 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         adapter_config = lora_mod.adapter_config_for_full()
     else:
         adapter_config = lora_mod.apply_lora(model, cfg.lora, seed=t.seed)
-    if t.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(model.layers[0])
-
     task_fn = TASKS[cfg.method]
     module, fn = task_fn.split(":")
     task = getattr(importlib.import_module(module), fn)(cfg, model, tokenizer, run_dir)
+
+    memory = _memory_plan(cfg, model_config, getattr(task.train, "longest", t.max_seq_len))
+    if t.grad_checkpoint or memory.get("auto_checkpoint"):
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(model.layers[0])
 
     per_epoch = max(len(task.train) // t.grad_accum, 1)
     total_steps = t.steps or max(1, math.ceil(t.epochs * per_epoch))
@@ -189,9 +210,9 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     trainable = lora_mod.trainable_count(model)
     log(ev.Start(
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
-        trainable_params=trainable, total_params=count_params(model_config) if model_config.get("model_type") == "llama" else trainable,
+        trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
-        resumed_from=start.step if start else None, extra=task.notes or {},
+        resumed_from=start.step if start else None, extra={**(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}},
     ))
 
     def save(pos):
