@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
     r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
 
-    sub.add_parser("tui", help="Open the Textual app.")
+    a = sub.add_parser("tui", help="Open the Textual app.")
+    a.add_argument("--runs", default="runs", help="Runs folder (default runs/).")
+    a.add_argument("--recipes", default="recipes", help="Recipes folder (default recipes/).")
     return p
 
 
@@ -239,7 +241,7 @@ def cmd_runs(args) -> int:
 def cmd_tui(args) -> int:
     from smolmac.tui.app import run_app
 
-    run_app()
+    run_app(getattr(args, "runs", "runs"), getattr(args, "recipes", "recipes"))
     return 0
 
 

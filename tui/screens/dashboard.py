@@ -1,0 +1,156 @@
+"""Dashboard of one run: live loss chart, lr, tok/s, memory, progress and ETA, samples, events.
+
+The screen tails DIR/events.jsonl twice a second; a run whose process is gone without a final
+event is shown as failed with the last line it printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
+
+from smolmac.tui.i18n import t
+from smolmac.tui.runner import CRASHED, EventTail, RunView, fmt_duration, last_log_line
+from smolmac.tui.screens.runs import status_text
+from smolmac.tui.widgets.loss_chart import LossChart
+
+
+class DashboardScreen(Screen):
+    """Everything about one run, live."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", t("Back")),
+        Binding("s", "stop", t("Stop")),
+        Binding("r", "resume", t("Resume")),
+        Binding("t", "chat", t("Chat")),
+        Binding("e", "export", t("Export")),
+    ]
+
+    def __init__(self, run_dir: str | Path, poll_s: float = 0.5):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.poll_s = poll_s
+        self.view = RunView()
+        self.tail = EventTail(self.run_dir / "events.jsonl")
+        self.crashed: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="dash-title", classes="screen-title")
+        yield Static(id="dash-stats")
+        yield ProgressBar(id="dash-progress", show_eta=False)
+        with Horizontal(id="dash-main"):
+            yield LossChart(t("loss"), id="dash-chart")
+            with Vertical(id="dash-side"):
+                yield Static(t("Samples"), classes="section-title")
+                with VerticalScroll(id="dash-samples-scroll"):
+                    yield Static(id="dash-samples")
+        yield RichLog(id="dash-log", max_lines=500, wrap=True, markup=False)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#dash-title", Static).update(Text.assemble((self.run_dir.name, "bold"), ("  " + str(self.run_dir), "dim")))
+        self.poll()
+        self.render_view()
+        self.set_interval(self.poll_s, self.poll)
+
+    # -- tailing ----------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        events = self.tail.poll()
+        changed = bool(events)
+        log = self.query_one("#dash-log", RichLog)
+        for e in events:
+            line = self.view.add(e)
+            if e.get("type") == "start":
+                self.crashed = None
+            if line:
+                log.write(line)
+        if self.view.status in ("running", "starting") and self.crashed is None and self.app.launcher.alive(self.run_dir) is False:
+            # Read once more: the process may have written its last events just before exiting.
+            for e in self.tail.poll():
+                line = self.view.add(e)
+                if line:
+                    log.write(line)
+            if self.view.status in ("running", "starting"):
+                self.crashed = last_log_line(self.run_dir) or t(CRASHED)
+                log.write(f"error: {self.crashed}")
+            changed = True
+        if changed:
+            self.render_view()
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.crashed else self.view.status
+
+    def render_view(self) -> None:
+        v = self.view
+        last = v.last_train or {}
+        total = v.total_steps
+        step = f"{t('step')} {v.step}/{total}" if total else f"{t('step')} {v.step}"
+        cells = [step]
+        if last:
+            cells.append(f"{t('loss')} {last['loss']:.4f}")
+        if v.last_eval:
+            cells.append(f"{t('val')} {v.last_eval['val_loss']:.4f}")
+        if last:
+            cells += [f"lr {last['lr']:.2e}", f"{last['tokens_per_second']:,.0f} tok/s", f"{last['peak_memory_gb']:.2f} GB",
+                      f"{t('elapsed')} {fmt_duration(last.get('elapsed_s'))}"]
+            if self.status == "running":
+                cells.append(f"ETA {fmt_duration(last.get('eta_s'))}")
+        stats = Text.assemble(status_text(self.status), "   ", "   ".join(cells))
+        error = v.error or self.crashed
+        if error:
+            stats.append("\n" + t("Error") + ": ", style="bold red")
+            stats.append(error)
+        elif v.done:
+            stats.append("\n" + t("Output") + f": {v.done.get('output')}", style="yellow" if v.done.get("stopped") else "green")
+        self.query_one("#dash-stats", Static).update(stats)
+        bar = self.query_one("#dash-progress", ProgressBar)
+        bar.update(total=total or None, progress=v.step)
+        self.query_one("#dash-chart", LossChart).set_series({t("train"): v.train, t("valid"): v.valid})
+        samples = Text()
+        for s in reversed(v.samples):
+            samples.append(f"{t('step')} {s['step']} ", style="dim")
+            samples.append(s["prompt"].strip() + "\n", style="bold")
+            samples.append("→ " + s["completion"].strip() + "\n\n")
+        self.query_one("#dash-samples", Static).update(samples if v.samples else Text(t("Samples appear at each evaluation (eval.prompts)."), style="dim"))
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def action_stop(self) -> None:
+        if self.app.launcher.stop(self.run_dir):
+            self.notify(t("Stopping {name}: it saves a checkpoint, then stops.", name=self.run_dir.name))
+        else:
+            self.notify(t("{name} is not running.", name=self.run_dir.name), severity="warning")
+
+    def action_resume(self) -> None:
+        if self.status not in ("stopped", "failed"):
+            self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=self.run_dir.name, status=t(self.status)))
+            return
+        try:
+            self.app.launcher.resume(self.run_dir)
+        except Exception as e:  # UserError, or an OSError from spawning the process
+            self.app.show_error(e)
+            return
+        # Running again until the new child reports: a crash before its start event then shows.
+        self.crashed = self.view.done = self.view.error = None
+        self.query_one("#dash-log", RichLog).write(t("resuming from the last checkpoint…"))
+        self.render_view()
+
+    def action_chat(self) -> None:
+        from smolmac.tui.screens.chat import ChatScreen
+
+        model = (self.view.start or {}).get("model")
+        self.app.push_screen(ChatScreen(model=model, run_dir=str(self.run_dir)))
+
+    def action_export(self) -> None:
+        from smolmac.tui.screens.export import ExportScreen
+
+        self.app.push_screen(ExportScreen(str(self.run_dir)))
