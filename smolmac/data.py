@@ -47,11 +47,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_json(path: Path) -> list[dict]:
+def read_utf8(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not valid UTF-8 text; re-save the file as UTF-8.") from None
+
+
+def _read_json(path: Path) -> list[dict]:
+    text = read_utf8(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -71,10 +75,7 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def _read_text(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid UTF-8 text; re-save the file as UTF-8.") from None
+    text = read_utf8(path)
     # Documents are separated by blank lines; a file without blank lines is one document.
     docs = [d.strip() for d in text.split("\n\n")]
     return [{"text": d, WHERE: f"{path}"} for d in docs if d]
