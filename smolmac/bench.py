@@ -117,6 +117,45 @@ def _worker_mlx_lm(model: str, data: str, steps: int, batch: int, out: str) -> d
     return {"tokens_per_second": toks / secs, "peak_memory_gb": mx.get_peak_memory() / 1e9, "final_loss": reports[-1]["train_loss"]}
 
 
+def _worker_step_memory(system: str, model: str, batch: int, seq: int) -> dict:
+    """Peak memory of two compiled LoRA steps on one identical (batch, seq) batch, so the two
+    systems are compared on the same shape whatever batches their samplers drew."""
+    from functools import partial
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm.tuner.trainer import default_loss
+
+    from smolmac.config import LoraConfig
+    from smolmac.lora import apply_lora
+    from smolmac.losses import lm_loss
+    from smolmac.models import load_model
+
+    m, *_ = load_model(model)
+    apply_lora(m, LoraConfig(rank=8, alpha=160.0))
+    tokens = np.random.default_rng(0).integers(0, 256, (batch, seq + 1)).astype(np.int32)
+    if system == "mlx_lm":
+        loss, args = default_loss, (mx.array(tokens), mx.array([[0, seq]] * batch))
+    else:
+        loss, args = lm_loss, (mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:]), mx.ones((batch, seq)))
+    opt = optim.AdamW(learning_rate=1e-4)
+    value_and_grad = nn.value_and_grad(m, loss)
+    state = [m.state, opt.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(*a):
+        (value, ntoks, *_), grads = value_and_grad(m, *a)
+        opt.update(m, grads)
+        return value, ntoks
+
+    mx.reset_peak_memory()
+    for _ in range(2):
+        mx.eval(state, step(*args))
+    return {"peak_memory_gb": mx.get_peak_memory() / 1e9}
+
+
 WORKERS = {"smolmac": _worker_smolmac, "mlx_lm": _worker_mlx_lm}
 
 
@@ -134,6 +173,9 @@ def bench_sft(size: str = "tiny", steps: int | None = None, batch_size: int = 8,
         model, data = make_fixture(root, size)
         on_message(f"bench sft ({size}, batch {batch_size}, LoRA r8 all-linear, {steps} steps) ...")
         res = {name: _spawn(name, model, data, steps, batch_size, root / name) for name in ("mlx_lm", "smolmac")}
+        for name in ("mlx_lm", "smolmac"):
+            res[name]["step_peak_memory_gb"] = _spawn("step", name, model, batch_size, 1024)["peak_memory_gb"]
+    res["ratio_step_peak_memory"] = res["smolmac"]["step_peak_memory_gb"] / res["mlx_lm"]["step_peak_memory_gb"]
     res["ratio_tokens_per_second"] = res["smolmac"]["tokens_per_second"] / res["mlx_lm"]["tokens_per_second"]
     res["ratio_peak_memory"] = res["smolmac"]["peak_memory_gb"] / res["mlx_lm"]["peak_memory_gb"]
     return res
@@ -150,11 +192,12 @@ def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_siz
     """Run one benchmark, print a table, optionally save JSON."""
     if what == "sft":
         res = bench_sft(size, steps, batch_size, on_message)
-        rows = [(name, res[name]["tokens_per_second"], res[name]["peak_memory_gb"]) for name in ("mlx_lm", "smolmac")]
-        on_message(f"{'system':10} {'tok/s':>10} {'peak GB':>9}")
-        for name, tps, mem in rows:
-            on_message(f"{name:10} {tps:10.0f} {mem:9.3f}")
-        on_message(f"smolmac/mlx-lm: {res['ratio_tokens_per_second']:.2f}x tok/s, {res['ratio_peak_memory']:.2f}x peak memory")
+        on_message(f"{'system':10} {'tok/s':>10} {'run peak GB':>12} {'step peak GB':>13}")
+        for name in ("mlx_lm", "smolmac"):
+            r = res[name]
+            on_message(f"{name:10} {r['tokens_per_second']:10.0f} {r['peak_memory_gb']:12.3f} {r['step_peak_memory_gb']:13.3f}")
+        on_message(f"smolmac/mlx-lm: {res['ratio_tokens_per_second']:.2f}x tok/s, {res['ratio_peak_memory']:.2f}x run peak memory "
+                   f"(depends on the batches each drew), {res['ratio_step_peak_memory']:.2f}x peak memory on the same {batch_size}x1024 batch")
     elif what == "dpo":
         from smolmac.preference import bench_dpo
 
@@ -171,5 +214,8 @@ def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_siz
 
 
 if __name__ == "__main__":  # worker: python -m smolmac.bench SYSTEM MODEL DATA STEPS BATCH OUT
-    system, model, data, steps, batch, out = sys.argv[1:7]
-    print(json.dumps(WORKERS[system](model, data, int(steps), int(batch), out)))
+    if sys.argv[1] == "step":  # python -m smolmac.bench step SYSTEM MODEL BATCH SEQ
+        print(json.dumps(_worker_step_memory(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+    else:
+        system, model, data, steps, batch, out = sys.argv[1:7]
+        print(json.dumps(WORKERS[system](model, data, int(steps), int(batch), out)))
