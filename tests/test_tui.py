@@ -207,7 +207,7 @@ def test_memory_estimate_suggests_the_largest_batch_that_fits(tiny_model):
         model_config,
     )
 
-    cfg = load_recipe({"model": str(tiny_model), "train": {"batch_size": 8, "max_seq_len": 512}})
+    cfg = load_recipe({"model": str(tiny_model), "train": {"batch_size": 8, "max_seq_len": 4096}})
     mc = model_config(cfg)
     assert mc["hidden_size"] == 64  # read from the local folder, nothing downloaded
     peak = {b: estimate_memory(load_recipe(cfg, {"train": {"batch_size": b}}), mc, 1e9).total_gb for b in (3, 4, 8)}
