@@ -181,6 +181,53 @@ def bench_sft(size: str = "tiny", steps: int | None = None, batch_size: int = 8,
     return res
 
 
+def bench_pretrain(size: str = "tiny", steps: int | None = None, batch_size: int = 8, on_message=print,
+                   seq_len: int | None = None) -> dict:
+    """Pretraining throughput and MFU (6N + attention FLOPs per token over the measured matmul
+    peak) of a random-weight preset on random tokens, through smolmac's loop."""
+    import time
+
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models import llama
+
+    from smolmac.config import TrainConfig
+    from smolmac.losses import lm_loss
+    from smolmac.models import preset_config
+    from smolmac.pretrain import flops_per_token, mfu, peak_flops
+    from smolmac.trainer import build_optimizer, train
+
+    spec, vocab = SIZES[size]
+    seq = seq_len or (256 if size == "tiny" else 2048)
+    steps = steps or 20
+    cfg = preset_config({**spec, "max_position_embeddings": max(seq, 256)}, vocab, 0, 1, 2)
+    model = llama.Model(llama.ModelArgs.from_dict(cfg))
+    mx.eval(model.parameters())
+    rng = np.random.default_rng(0)
+
+    class Stream:
+        def stream(self, start):
+            while True:
+                x = rng.integers(0, vocab, (batch_size, seq + 1)).astype(np.int32)
+                yield (x[:, :-1], x[:, 1:], np.ones((batch_size, seq), np.float32)), batch_size * seq
+
+    events = []
+    on_message(f"bench pretrain ({size}, batch {batch_size} x {seq}, {steps} steps) ...")
+    mx.reset_peak_memory()
+    tic = time.perf_counter()
+    train(model, build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1), steps), Stream(), lm_loss,
+          total_steps=steps, on_event=lambda e: events.append(e.to_dict()), report_every=1)
+    tr = [e for e in events if e["type"] == "train"]
+    skip = tr[len(tr) // 5 - 1] if len(tr) >= 5 else tr[0]  # compilation
+    tps = (tr[-1]["trained_tokens"] - skip["trained_tokens"]) / max(tr[-1]["elapsed_s"] - skip["elapsed_s"], 1e-9)
+    fpt = flops_per_token(cfg, seq)
+    peak = peak_flops()
+    res = {"size": size, "tokens_per_second": tps, "flops_per_token": fpt, "peak_tflops": peak / 1e12,
+           "mfu": mfu(tps, fpt, peak), "peak_memory_gb": mx.get_peak_memory() / 1e9, "wall_s": time.perf_counter() - tic}
+    on_message(f"{tps:,.0f} tok/s, MFU {res['mfu']:.1%} of a measured {res['peak_tflops'] * 1000:.0f} GFLOP/s matmul peak, peak memory {res['peak_memory_gb']:.2f} GB")
+    return res
+
+
 def machine() -> str:
     import mlx.core as mx
 
@@ -203,8 +250,6 @@ def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_siz
 
         res = bench_dpo(size=size, steps=steps, batch_size=batch_size, on_message=on_message)
     else:
-        from smolmac.pretrain import bench_pretrain
-
         res = bench_pretrain(size=size, steps=steps, batch_size=batch_size, on_message=on_message)
     res["machine"] = machine()
     on_message(f"machine: {res['machine']}")

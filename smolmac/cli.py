@@ -138,7 +138,11 @@ class ProgressView:
         elif kind == "checkpoint":
             log(f"[dim]checkpoint {e['path']}[/]")
         elif kind == "metrics":
-            log(e.get("table") or json.dumps(e))
+            from smolmac.pipeline import stage_rows
+
+            log(f"[bold]{e['stage']}-{e['name']}[/]: {stage_rows([e])[0]['learned']}")
+        elif kind == "stage" and e.get("status") not in ("finished",):
+            log(f"[bold]stage {e['stage']}-{e['name']}[/] ({e['method']}): {e['status']}")
         elif kind == "done":
             log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
 
@@ -188,6 +192,10 @@ def cmd_train(args) -> int:
         view.console.print(f"run dir: {run_dir}")
         with view:
             runs.run_training(cfg, run_dir, resume=resume, on_event=view, stop=stop)
+        if cfg.stages:
+            from smolmac.pipeline import format_stage_table
+
+            view.console.print(format_stage_table(run_dir), highlight=False)
     return 0
 
 

@@ -78,6 +78,8 @@ class EvalConfig:
     batches: int = _f(-1, "Validation batches per evaluation; -1 = the whole validation set.")
     prompts: list = _f([], "Fixed prompts for greedy samples at each evaluation.")
     max_tokens: int = _f(48, "Tokens generated per sample.")
+    exact_match: str | None = _f(None, "Held-out {prompt, completion} jsonl: greedy answers are scored by exact match before and after each pipeline stage.")
+    preference: str | None = _f(None, "Held-out {prompt, chosen, rejected} jsonl: preference accuracy (chosen more likely than rejected) before and after a dpo/orpo stage.")
 
 
 @dataclass

@@ -57,7 +57,13 @@ def train_tokenizer(
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False, unk_token=None)
     else:
         raise UserError(f"tokenizer.type: '{kind}' is not a tokenizer type; use bpe or unigram.")
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Numbers are split from the text before them (as GPT-4 / Llama 3 tokenizers do), so "12" is
+    # the same token after a space, a newline or at the start of a reply; otherwise a fact read
+    # as " 12" in pretraining is a different token when an answer starts with "12".
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     got = tok.get_vocab_size()

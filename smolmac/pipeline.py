@@ -1,0 +1,457 @@
+"""Pipelines: a recipe with `stages:` runs them in order, each from the previous one's output,
+and reports after each stage what was learned (a table the CLI prints).
+
+    smolmac train recipes/quickstart.yaml          # tokenizer -> pretrain -> sft -> orpo
+
+Each stage is a partial recipe applied over the top-level keys (the shared defaults). Layout:
+
+    DIR/config.yaml, DIR/events.jsonl      the pipeline: start, stage, metrics, done events
+    DIR/<i>-<name>/                        one ordinary run dir per stage (see smolmac/runs.py)
+
+Chaining: a tokenizer stage's `tokenizer/` becomes the next stages' `tokenizer.path`; a
+pretrain or full fine-tuning stage's `model/` becomes the next `model`; a LoRA stage's adapter is
+fused into `<i>-<name>/fused/` for the next stage. Resume (`--resume`) skips finished stages and
+continues the unfinished one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from smolmac import events as ev
+from smolmac.config import Config, apply_mapping, load_recipe, validate
+from smolmac.errors import UserError
+from smolmac.pretrain import resolve_path
+
+
+@dataclass
+class StageEvent(ev.Event):
+    """A stage started, finished, was skipped (already finished: resume) or stopped."""
+
+    stage: int
+    name: str
+    method: str
+    dir: str
+    status: str
+    output: str | None = None
+    elapsed_s: float = 0.0
+    type = "stage"
+
+
+@dataclass
+class Metrics(ev.Event):
+    """What a stage learned: `{metric: {"before": x, "after": y}}` plus a few example answers."""
+
+    stage: int
+    name: str
+    method: str
+    metrics: dict
+    elapsed_s: float = 0.0
+    examples: list = field(default_factory=list)
+    type = "metrics"
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluations used between stages (reusable on their own)
+
+
+def load_eval_rows(spec: str, kind: str) -> list[dict]:
+    """Held-out rows: `prompt` + `completion` (kind "answers") or + `chosen`/`rejected`."""
+    from smolmac.data import WHERE, load_rows
+
+    keys = ("prompt", "completion") if kind == "answers" else ("prompt", "chosen", "rejected")
+    rows = load_rows(resolve_path(spec))
+    for row in rows:
+        missing = [k for k in keys if not isinstance(row.get(k), str)]
+        if missing:
+            raise UserError(f"{row.get(WHERE, spec)}: an evaluation row needs string columns {', '.join(keys)}; '{missing[0]}' is missing.")
+    if not rows:
+        raise UserError(f"{spec}: no evaluation rows; give a jsonl file with {', '.join(keys)}.")
+    return rows
+
+
+def greedy_answers(model, tokenizer, prompts: list[str], max_tokens: int = 16, batch_size: int = 64) -> list[str]:
+    """Greedy chat completions, batched: prompts of equal token length share one KV cache.
+
+    Same tokens as `smolmac.generate.generate(..., temp=0)` (argmax each step, stop at EOS).
+    """
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from smolmac.data import end_of_turn_ids, hf_tokenizer
+    from smolmac.generate import format_prompt
+
+    hf = hf_tokenizer(tokenizer)
+    stop = set(getattr(tokenizer, "eos_token_ids", None) or []) or end_of_turn_ids(tokenizer)
+    encoded = [hf.encode(format_prompt(tokenizer, p), add_special_tokens=not getattr(hf, "chat_template", None)) for p in prompts]
+    out: list[str | None] = [None] * len(prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_len.setdefault(len(ids), []).append(i)
+    model.eval()
+    for group in by_len.values():
+        for j in range(0, len(group), batch_size):
+            idx = group[j : j + batch_size]
+            cache = make_prompt_cache(model)
+            logits = model(mx.array([encoded[i] for i in idx]), cache=cache)[:, -1]  # (B, V)
+            tokens, finished = [], [False] * len(idx)
+            for _ in range(max_tokens):
+                nxt = mx.argmax(logits, axis=-1)
+                ids = nxt.tolist()
+                tokens.append(ids)
+                finished = [f or t in stop for f, t in zip(finished, ids)]
+                if all(finished):
+                    break
+                logits = model(nxt[:, None], cache=cache)[:, -1]
+            for b, i in enumerate(idx):
+                seq = []
+                for step in tokens:
+                    if step[b] in stop:
+                        break
+                    seq.append(step[b])
+                out[i] = hf.decode(seq)
+    return out  # type: ignore[return-value]
+
+
+def exact_match(model, tokenizer, rows: list[dict], max_tokens: int = 16, return_answers: bool = False):
+    """Fraction of rows whose greedy answer equals the `completion` (both stripped).
+
+    Args:
+        rows: `{"prompt": str, "completion": str}` dicts (see `load_eval_rows`).
+        return_answers: also return the generated answers.
+    """
+    answers = greedy_answers(model, tokenizer, [r["prompt"] for r in rows], max_tokens)
+    score = sum(a.strip() == r["completion"].strip() for a, r in zip(answers, rows)) / max(len(rows), 1)
+    return (score, answers) if return_answers else score
+
+
+def preference_accuracy(model, tokenizer, rows: list[dict]) -> float:
+    """Fraction of pairs where the model gives the chosen answer a higher summed log-prob than the
+    rejected one (reference-free: comparable before and after alignment)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from smolmac.data import tokenize_chat
+    from smolmac.losses import token_logps
+
+    model.eval()
+    wins = 0
+    for row in rows:
+        exs = [tokenize_chat(tokenizer, [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row[k]}], "eval")
+               for k in ("chosen", "rejected")]
+        width = max(len(e.tokens) for e in exs)
+        toks = np.zeros((2, width), np.int32)
+        mask = np.zeros((2, width - 1), np.float32)
+        for b, e in enumerate(exs):
+            toks[b, : len(e.tokens)] = e.tokens
+            mask[b, : len(e.tokens) - 1] = e.mask[1:]
+        logps = token_logps(model(mx.array(toks[:, :-1])), mx.array(toks[:, 1:]))  # (2, L)
+        chosen, rejected = (logps * mx.array(mask)).sum(axis=1).tolist()
+        wins += chosen > rejected
+    return wins / max(len(rows), 1)
+
+
+def stage_metrics(cfg: Config, model_ref: str, adapter: str | None = None) -> tuple[dict, list]:
+    """Exact match (eval.exact_match) and preference accuracy (eval.preference) of a model."""
+    from smolmac.generate import load_for_generation
+
+    if not (cfg.eval.exact_match or cfg.eval.preference):
+        return {}, []
+    model, tokenizer = load_for_generation(model_ref, adapter, cfg.train.dtype)
+    out, examples = {}, []
+    if cfg.eval.exact_match:
+        rows = load_eval_rows(cfg.eval.exact_match, "answers")
+        out["exact_match"], answers = exact_match(model, tokenizer, rows, return_answers=True)
+        examples = [{"prompt": r["prompt"], "answer": a, "expected": r["completion"]} for r, a in list(zip(rows, answers))[:4]]
+    if cfg.eval.preference:
+        out["preference_accuracy"] = preference_accuracy(model, tokenizer, load_eval_rows(cfg.eval.preference, "pairs"))
+    return out, examples
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of what each stage learned
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "?"
+    if key in ("exact_match", "preference_accuracy"):
+        return f"{100 * value:.0f}%"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+LABELS = {"val_ppl": "val perplexity", "exact_match": "exact match", "preference_accuracy": "preference accuracy",
+          "vocab_size": "vocab", "chars_per_token": "chars/token"}
+
+
+def stage_rows(events: list[dict]) -> list[dict]:
+    """One row per stage from pipeline events: stage, method, time, learned (text)."""
+    rows: dict[int, dict] = {}
+    for e in events:
+        if e["type"] == "stage":
+            row = rows.setdefault(e["stage"], {"stage": f"{e['stage']}-{e['name']}", "method": e["method"], "time_s": None, "learned": ""})
+            if e["status"] == "finished":
+                row["time_s"] = e["elapsed_s"]
+        elif e["type"] == "metrics":
+            row = rows.setdefault(e["stage"], {"stage": f"{e['stage']}-{e['name']}", "method": e["method"], "time_s": None, "learned": ""})
+            parts = []
+            for key, m in e["metrics"].items():
+                label = LABELS.get(key, key.replace("_", " "))
+                if isinstance(m, dict):
+                    parts.append(f"{label} {_fmt(key, m.get('before'))} -> {_fmt(key, m.get('after'))}")
+                else:
+                    parts.append(f"{label} {_fmt(key, m)}")
+            row["learned"] = ", ".join(parts)
+    return [rows[k] for k in sorted(rows)]
+
+
+def format_stage_table(events_or_dir) -> str:
+    """Plain-text table of what each stage learned, from pipeline events or a pipeline run dir."""
+    events = events_or_dir if isinstance(events_or_dir, list) else ev.read_events(Path(events_or_dir) / "events.jsonl")
+    rows = stage_rows(events)
+    if not rows:
+        return ""
+    w = max(len(r["stage"]) for r in rows)
+    lines = [f"{'stage':<{w}}  {'method':<9}  {'time':>7}  what was learned"]
+    for r in rows:
+        t = f"{r['time_s']:.0f}s" if r["time_s"] is not None else "-"
+        lines.append(f"{r['stage']:<{w}}  {r['method']:<9}  {t:>7}  {r['learned']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def _open_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a pipeline run directory.")
+        return load_recipe(yaml.safe_load(saved.read_text()))
+    if (run_dir / "events.jsonl").exists():
+        raise UserError(f"--run-dir: {run_dir} already holds a run; pass --resume to continue it or choose another --run-dir.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(cfg.to_yaml())
+    return cfg
+
+
+def stage_config(base: dict, stage, index: int, model, tokenizer_path: str | None) -> Config:
+    """The recipe of stage `index`: top-level keys, then the stage's keys, then the chain inputs."""
+    if not isinstance(stage, dict) or "method" not in stage:
+        raise UserError(f"stages[{index}]: each stage must be a mapping with at least 'method', e.g. {{method: sft, train: {{steps: 100}}}}.")
+    if "stages" in stage:
+        raise UserError(f"stages[{index}]: a stage cannot have its own 'stages'.")
+    cfg = apply_mapping(Config(), {k: v for k, v in base.items() if k != "stages"}, "recipe")
+    apply_mapping(cfg, stage, f"stages[{index}]")
+    if "model" not in stage and model is not None:
+        cfg.model = model
+    if tokenizer_path and "path" not in (stage.get("tokenizer") or {}):
+        cfg.tokenizer.path = tokenizer_path
+    for section, key in (("data", "train"), ("data", "valid"), ("tokenizer", "data"), ("eval", "exact_match"), ("eval", "preference")):
+        obj = getattr(cfg, section)
+        setattr(obj, key, resolve_path(getattr(obj, key)))
+    cfg.stages = []
+    validate(cfg, f"stages[{index}]")
+    return cfg
+
+
+def _finished(sub: Path) -> dict | None:
+    events = ev.read_events(sub / "events.jsonl")
+    last = events[-1] if events else None
+    if last and last["type"] == "done" and not last.get("stopped") and Path(last["output"]).exists():
+        return last
+    return None
+
+
+def _prepare_resume(sub: Path) -> bool:
+    """Resume a stage from its checkpoint; a stage that failed before any is started afresh
+    (its log kept as events.failed-N.jsonl; caches such as tokens/ and init/ are reused)."""
+    from smolmac.trainer import list_checkpoints
+
+    if list_checkpoints(sub / "checkpoints"):
+        return True
+    log = sub / "events.jsonl"
+    if log.exists():
+        n = len(list(sub.glob("events.failed-*.jsonl"))) + 1
+        log.rename(sub / f"events.failed-{n}.jsonl")
+    (sub / "config.yaml").unlink(missing_ok=True)
+    return False
+
+
+def fuse_adapter(base: str, adapter: Path, out: Path, dtype: str = "float32") -> Path:
+    """Fuse LoRA/DoRA layers into the base weights (mlx-lm's `fuse`) and save an HF model dir."""
+    from mlx.utils import tree_unflatten
+
+    from smolmac.lora import load_adapter
+    from smolmac.models import load_model, save_model_dir
+
+    if (out / "config.json").is_file():
+        return out
+    model, tokenizer, config, _ = load_model(base, dtype)
+    load_adapter(model, adapter)
+    fused = [(name, m.fuse()) for name, m in model.named_modules() if hasattr(m, "fuse")]
+    model.update_modules(tree_unflatten(fused))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model_dir(model, tokenizer, config, tmp)
+    tmp.replace(out)
+    return out
+
+
+def _before_after(before: dict, after: dict) -> dict:
+    return {k: {"before": _round(before.get(k)), "after": _round(after.get(k))} for k in after}
+
+
+def _round(x):
+    return round(x, 4) if isinstance(x, float) else x
+
+
+def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop=None):
+    """Run `cfg.stages` in order in sub-run dirs of `run_dir` (see module docstring).
+
+    Args:
+        resume: skip finished stages, continue the unfinished one from its checkpoint.
+        on_event: receives the pipeline's events and every stage's events, the latter with
+            `stage` (1-based index) and `stage_name` added.
+        stop: a threading.Event; the running stage checkpoints and the pipeline stops.
+    """
+    from smolmac.runs import Run, run_training
+
+    run_dir = Path(run_dir)
+    cfg = _open_dir(cfg, run_dir, resume)
+    previous = ev.read_events(run_dir / "events.jsonl")
+    known = {(e["stage"], e["name"]): e for e in previous if e["type"] == "metrics"}
+    base = cfg.to_dict()
+    log = ev.EventLog(run_dir / "events.jsonl", on_event)
+    tic = time.perf_counter()
+    log(ev.Start(step=0, total_steps=len(cfg.stages), method="pipeline", model=json.dumps(cfg.model) if isinstance(cfg.model, dict) else str(cfg.model),
+                 trainable_params=0, total_params=0, train_rows=0, valid_rows=0, resumed_from=0 if resume else None,
+                 extra={"stages": [s.get("name") or s.get("method") if isinstance(s, dict) else None for s in cfg.stages]}))
+    for i, stage in enumerate(cfg.stages, 1):  # every stage's keys checked before anything trains
+        stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None)
+    model, tokenizer_path, adapter, cache = cfg.model, None, None, {}
+    run = Run(run_dir, cfg)
+    try:
+        for i, stage in enumerate(cfg.stages, 1):
+            scfg = stage_config(base, stage, i, model, tokenizer_path)
+            name = stage.get("name") or scfg.method
+            sub = run_dir / f"{i}-{name}"
+            done = _finished(sub)
+            if done is None:
+                if stop is not None and stop.is_set():
+                    return _stopped(run, log, i, name, scfg, sub, tic)
+                before = _metrics_before(scfg, model, cache, i, name, known)
+                log(StageEvent(step=0, stage=i, name=name, method=scfg.method, dir=str(sub), status="started"))
+                t0 = time.perf_counter()
+
+                def forward(e, i=i, name=name):
+                    if on_event:
+                        on_event({**e, "stage": i, "stage_name": name})
+
+                resume_stage = sub.exists() and _prepare_resume(sub)
+                result = run_training(scfg, sub, resume=resume_stage, on_event=forward, stop=stop)
+                if result.stopped:
+                    return _stopped(run, log, i, name, scfg, sub, tic)
+                elapsed = round(time.perf_counter() - t0, 2)
+                done = _finished(sub)
+                model, tokenizer_path, adapter = _next_inputs(scfg, sub, done, model, tokenizer_path)
+                after, examples = _metrics_after(scfg, sub, model, adapter, cache)
+                log(Metrics(step=0, stage=i, name=name, method=scfg.method, metrics=_combine(scfg, sub, before, after), elapsed_s=elapsed, examples=examples))
+                log(StageEvent(step=0, stage=i, name=name, method=scfg.method, dir=str(sub), status="finished", output=done["output"], elapsed_s=elapsed))
+            else:
+                model, tokenizer_path, adapter = _next_inputs(scfg, sub, done, model, tokenizer_path)
+                if (i, name) in known:
+                    cache[str(model)] = {k: v["after"] for k, v in known[(i, name)]["metrics"].items() if isinstance(v, dict)}
+                log(StageEvent(step=0, stage=i, name=name, method=scfg.method, dir=str(sub), status="skipped", output=done["output"]))
+        run.model_path = Path(model) if isinstance(model, str) and adapter is None else None
+        run.adapter_path = Path(adapter) if adapter else None
+        log(ev.Done(step=len(cfg.stages), output=str(run.adapter_path or run.model_path or tokenizer_path), elapsed_s=round(time.perf_counter() - tic, 2)))
+    except UserError as e:
+        log(ev.Error(step=0, message=str(e)))
+        raise
+    except KeyboardInterrupt:
+        log(ev.Error(step=0, message="interrupted"))
+        raise
+    except Exception as e:
+        log(ev.Error(step=0, message=f"{type(e).__name__}: {e}"))
+        raise
+    finally:
+        log.close()
+    run.events = ev.read_events(run_dir / "events.jsonl")
+    return run
+
+
+def _stopped(run, log, i, name, scfg, sub, tic):
+    log(StageEvent(step=0, stage=i, name=name, method=scfg.method, dir=str(sub), status="stopped"))
+    log(ev.Done(step=i - 1, output=str(sub), stopped=True, elapsed_s=round(time.perf_counter() - tic, 2)))
+    run.stopped = True
+    run.events = ev.read_events(run.dir / "events.jsonl")
+    return run
+
+
+def _next_inputs(scfg: Config, sub: Path, done: dict, model, tokenizer_path):
+    """(model, tokenizer path, adapter) that the next stage starts from."""
+    if scfg.method == "tokenizer":
+        return model, str(sub / "tokenizer"), None
+    if scfg.method == "pretrain" or scfg.full:
+        return str(sub / "model"), tokenizer_path, None
+    base = scfg.model if isinstance(scfg.model, str) else str(sub / "init")
+    fused = fuse_adapter(base, sub / "adapter", sub / "fused", scfg.train.dtype)
+    return str(fused), tokenizer_path, str(sub / "adapter")
+
+
+def _metrics_before(scfg: Config, model, cache: dict, i: int, name: str, known: dict) -> dict:
+    if scfg.method in ("tokenizer", "pretrain") or not isinstance(model, str):
+        return {}
+    if str(model) not in cache:
+        cache[str(model)] = stage_metrics(scfg, model)[0]
+    return cache[str(model)]
+
+
+def _metrics_after(scfg: Config, sub: Path, model, adapter, cache: dict) -> tuple[dict, list]:
+    if scfg.method == "tokenizer":
+        return {}, []
+    if scfg.method == "pretrain" and not scfg.eval.exact_match:
+        return {}, []
+    # A LoRA stage's fused dir gives the same answers as base + adapter (fuse is exact in fp32).
+    metrics, examples = stage_metrics(scfg, str(model))
+    cache[str(model)] = metrics
+    return metrics, examples
+
+
+def _combine(scfg: Config, sub: Path, before: dict, after: dict) -> dict:
+    """Per-method rows of the table: tokenizer (vocab, chars/token), pretrain (val perplexity
+    before -> after), sft (exact match), dpo/orpo (preference accuracy, exact match)."""
+    events = ev.read_events(sub / "events.jsonl")
+    done = events[-1] if events else {}
+    if scfg.method == "tokenizer":
+        return {"vocab_size": done.get("vocab_size"), "chars_per_token": done.get("chars_per_token")}
+    out = {}
+    if scfg.method == "pretrain":
+        start = next((e for e in events if e["type"] == "start" and e.get("init_val_ppl") is not None), {})
+        last = next((e for e in reversed(events) if e["type"] == "eval"), {})
+        out["val_ppl"] = {"before": start.get("init_val_ppl"), "after": last.get("val_ppl")}
+        if last.get("mfu") is not None:
+            out["mfu"] = last["mfu"]
+        if "exact_match" in after:  # a pretrained model is not expected to answer yet
+            out["exact_match"] = after["exact_match"]
+        return out
+    keys = [k for k in ("preference_accuracy", "exact_match") if k in after]
+    if scfg.method == "sft":
+        keys = [k for k in keys if k != "preference_accuracy"]
+    out.update(_before_after(before, {k: after[k] for k in keys}))
+    if not out:
+        last = next((e for e in reversed(events) if e["type"] == "eval"), {})
+        if last:
+            out["val_loss"] = last.get("val_loss")
+    return {k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else v) for k, v in out.items()}

@@ -1,0 +1,531 @@
+"""Pretraining from scratch: the tokenizer stage, `{new: {preset: ...}}` models, a token cache of
+packed sequences, and the compute estimates (parameters, memory, MFU) printed before training.
+
+    smolmac train recipes/quickstart.yaml          # tokenizer -> pretrain -> sft -> orpo
+    smolmac train recipe.yaml --set method=pretrain --set model.new.preset=micro
+
+Text is tokenised once into `DIR/tokens/{train,valid}.bin` (numpy memmaps, uint16 when the vocab
+fits) with documents joined by the end-of-text token, then cut into fixed sequences of
+`train.max_seq_len + 1` tokens; a re-run or resume reuses the cache. As in nanoGPT and SmolLM,
+attention crosses document boundaries inside a sequence; the separator tells the model where
+one document ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from smolmac import events as ev
+from smolmac.errors import UserError
+
+TOKENIZER_DOC_CAP = 200_000  # documents read from a streamed Hub dataset to train a tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents: local files/folders (via smolmac.data) or Hub datasets (streamed)
+
+
+def resolve_path(spec):
+    """`quickstart:NAME` -> the packaged quickstart file; anything else unchanged."""
+    if isinstance(spec, str) and spec.startswith("quickstart:"):
+        from smolmac.quickstart import path
+
+        return str(path(spec.split(":", 1)[1]))
+    return spec
+
+
+def _is_local(spec: str) -> bool:
+    from smolmac.data import FILE_TYPES
+
+    p = Path(spec).expanduser()
+    return p.exists() or spec.startswith((".", "/", "~")) or p.suffix.lower() in FILE_TYPES
+
+
+def _row_text(row: dict, tokenizer, where: str) -> str:
+    """A language-modelling row (SPECS §6): `text`, or `messages` rendered with the chat template."""
+    from smolmac.data import WHERE, normalise_messages, render
+
+    if isinstance(row.get("text"), str):
+        return row["text"]
+    if "messages" in row and tokenizer is not None:
+        return render(tokenizer, normalise_messages(row["messages"], row.get(WHERE, where)))
+    keys = sorted(set(row) - {WHERE})
+    raise UserError(f"{row.get(WHERE, where)}: pretraining needs a 'text' column (or 'messages'), the row has {keys}; map yours with data.columns, e.g. {{text: content}}.")
+
+
+def load_documents(spec: str, data_cfg, split: str, tokenizer=None, limit: int | None = None) -> Iterator[str]:
+    """Yield document texts from a local file/folder or a Hub dataset id (streamed).
+
+    Args:
+        spec: path, folder, `quickstart:NAME` or Hub dataset id.
+        data_cfg: the recipe's data section (columns, config).
+        split: Hub split name.
+        tokenizer: renders `messages` rows with its chat template (None: text rows only).
+        limit: stop after this many documents.
+    """
+    from smolmac import data
+
+    spec = resolve_path(spec)
+    if _is_local(spec):
+        rows = data.load_rows(spec)
+        if not rows:
+            raise UserError(f"{spec}: the corpus is empty; give a file with some text.")
+        rows = data._map_columns(rows, data_cfg.columns)
+        if not any(isinstance(r.get("text"), str) and r["text"].strip() or r.get("messages") for r in rows):
+            raise UserError(f"{spec}: the corpus has no text; give a file with some text (or map your column with data.columns).")
+        for row in rows[:limit]:
+            yield _row_text(row, tokenizer, spec)
+        return
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:  # streaming: a large Hub corpus is read as it is tokenised, never downloaded whole
+        ds = datasets.load_dataset(spec, data_cfg.config, split=split, streaming=True)
+    except Exception as e:
+        raise UserError(f"data: could not open the Hub dataset '{spec}' split '{split}' ({str(e).splitlines()[0]}); check the id, data.config and data.split.") from None
+    for i, row in enumerate(ds):
+        if limit is not None and i >= limit:
+            return
+        row = data._map_columns([dict(row)], data_cfg.columns)[0]
+        yield _row_text(row, tokenizer, f"{spec}[{split}][{i}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer stage and new models
+
+
+def tokenizer_corpus(cfg) -> str:
+    spec = cfg.tokenizer.data or cfg.data.train
+    if not spec:
+        raise UserError("tokenizer.data: no corpus to train the tokenizer on; set tokenizer.data or data.train (or reuse one with tokenizer.path).")
+    return spec
+
+
+def train_tokenizer_from(cfg, out_dir: Path) -> dict:
+    """Train `cfg.tokenizer` on its corpus into `out_dir`; returns what was learned."""
+    from smolmac.tokenizer import train_tokenizer
+
+    spec = tokenizer_corpus(cfg)
+    limit = cfg.data.max_rows or (None if _is_local(resolve_path(spec)) else TOKENIZER_DOC_CAP)
+    texts = list(load_documents(spec, cfg.data, cfg.data.split, limit=limit))
+    train_tokenizer(texts, out_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.type, source=str(spec))
+    return {"vocab_size": _vocab_size(out_dir), "documents": len(texts), "chars_per_token": chars_per_token(out_dir, texts)}
+
+
+def _vocab_size(tok_dir: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(tok_dir)))
+
+
+def chars_per_token(tok_dir: Path, texts: list[str], sample: int = 2000) -> float:
+    """Compression of the tokenizer on (a sample of) the corpus: characters per token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    texts = texts[:sample]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    return round(sum(map(len, texts)) / max(sum(map(len, ids)), 1), 3)
+
+
+def run_tokenizer_stage(cfg, run_dir: Path, resume: bool = False, on_event=None):
+    """`method: tokenizer`: train a tokenizer into `run_dir/tokenizer`, with start/done events."""
+    from smolmac.runs import Run
+
+    run_dir = Path(run_dir)
+    out = run_dir / "tokenizer"
+    started = (run_dir / "events.jsonl").exists()
+    if started and not resume:
+        raise UserError(f"--run-dir: {run_dir} already holds a run; pass --resume to continue it or choose another --run-dir.")
+    if resume and _done_event(run_dir) and (out / "tokenizer.json").is_file():
+        return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # finished: nothing to redo
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    log = ev.EventLog(run_dir / "events.jsonl", on_event)
+    tic = time.perf_counter()
+    try:
+        log(ev.Start(step=0, total_steps=0, method="tokenizer", model="", trainable_params=0, total_params=0,
+                     train_rows=0, valid_rows=0, extra={"vocab_size": cfg.tokenizer.vocab_size, "tokenizer_type": cfg.tokenizer.type}))
+        learned = train_tokenizer_from(cfg, out)
+        log(ev.Done(step=0, output=str(out), elapsed_s=round(time.perf_counter() - tic, 2), extra=learned))
+    except Exception as e:
+        log(ev.Error(step=0, message=str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
+        raise
+    finally:
+        log.close()
+    return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))
+
+
+def _done_event(run_dir: Path) -> dict | None:
+    events = ev.read_events(Path(run_dir) / "events.jsonl")
+    return events[-1] if events and events[-1]["type"] == "done" else None
+
+
+def check_context(cfg, model_config: dict):
+    ctx = model_config["max_position_embeddings"]
+    if cfg.train.max_seq_len > ctx:
+        raise UserError(f"train.max_seq_len: {cfg.train.max_seq_len} is above the model's context of {ctx} tokens; lower train.max_seq_len or set model.new.context.")
+
+
+def build_new_model(cfg, run_dir: Path) -> Path:
+    """Build `model: {new: ...}` in `run_dir/init` (reused when it exists, so resume is exact).
+
+    The tokenizer comes from `tokenizer.path` (a directory or Hub id, copied into the run) or is
+    trained on `tokenizer.data` / `data.train` into `run_dir/tokenizer`.
+    """
+    from smolmac.models import new_model, preset_config
+
+    run_dir = Path(run_dir)
+    spec = dict((cfg.model or {}).get("new") or {})
+    check_context(cfg, preset_config(spec, 256, None, None, None))  # unknown preset / context first
+    init = run_dir / "init"
+    if (init / "config.json").is_file() and list(init.glob("model*.safetensors")):
+        return init
+    tok_dir = run_dir / "tokenizer"
+    if cfg.tokenizer.path:
+        src = resolve_path(cfg.tokenizer.path)
+        if Path(src).expanduser().is_dir():
+            tok_dir = Path(src).expanduser()
+        elif not (tok_dir / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            try:
+                AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code).save_pretrained(str(tok_dir))
+            except OSError as e:
+                raise UserError(f"tokenizer.path: cannot load a tokenizer from '{src}' ({str(e).splitlines()[0]}); give a tokenizer directory or a Hub id.") from None
+    elif not (tok_dir / "tokenizer.json").is_file():
+        train_tokenizer_from(cfg, tok_dir)
+    return new_model(spec, tok_dir, init, seed=cfg.train.seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token cache and packed batches
+
+
+def _sep_id(hf) -> int:
+    """Document separator: <|endoftext|> when the vocab has it (GPT-2/SmolLM style), else EOS."""
+    tid = hf.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(tid, int) and tid >= 0 and tid != hf.unk_token_id:
+        return tid
+    if hf.eos_token_id is None:
+        raise UserError("tokenizer: it has neither <|endoftext|> nor an EOS token to separate documents; use a tokenizer with one.")
+    return int(hf.eos_token_id)
+
+
+def _write_tokens(docs, hf, sep: int, path: Path, dtype) -> tuple[int, int]:
+    """Tokenise documents in chunks (the Rust tokenizer batches in parallel) into a flat file."""
+    tmp = path.with_suffix(".tmp")
+    n_tokens = n_docs = 0
+    with tmp.open("wb") as f:
+        chunk: list[str] = []
+
+        def flush():
+            nonlocal n_tokens
+            for ids in hf(chunk, add_special_tokens=False)["input_ids"]:
+                arr = np.asarray(ids + [sep], dtype=dtype)
+                arr.tofile(f)
+                n_tokens += len(arr)
+            chunk.clear()
+
+        for text in docs:
+            if text and text.strip():
+                chunk.append(text)
+                n_docs += 1
+            if len(chunk) >= 1000:
+                flush()
+        if chunk:
+            flush()
+    tmp.replace(path)
+    return n_tokens, n_docs
+
+
+def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | None, dict]:
+    """Tokenise train/valid text once into `run_dir/tokens/`; reuse it when nothing changed.
+
+    Returns (train tokens, valid tokens or None, meta).
+    """
+    from smolmac import data as data_mod
+    from smolmac.data import hf_tokenizer
+
+    d = cfg.data
+    if not d.train:
+        raise UserError("data.train: no corpus given; set data.train to a text file, folder or Hub dataset id (method pretrain).")
+    hf = hf_tokenizer(tokenizer)
+    vocab = len(hf)
+    dtype = np.uint16 if vocab <= 2**16 else np.uint32
+    tok_json = json.dumps(hf.get_vocab(), sort_keys=True).encode()
+    key = {
+        "train": str(d.train), "valid": d.valid, "config": d.config, "split": d.split, "valid_split": d.valid_split,
+        "max_rows": d.max_rows, "columns": d.columns, "seed": cfg.train.seed, "budget": None,
+        "tokenizer": hashlib.sha1(tok_json).hexdigest(), "dtype": np.dtype(dtype).name,
+    }
+    train_spec = resolve_path(d.train)
+    streamed = not _is_local(train_spec)
+    if streamed and cfg.train.steps:  # stream only as many tokens as the steps will consume
+        key["budget"] = cfg.train.steps * cfg.train.grad_accum * cfg.train.batch_size * cfg.train.max_seq_len + 1
+    out = Path(run_dir) / "tokens"
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key:
+            return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if meta["valid_tokens"] else None), meta
+    out.mkdir(parents=True, exist_ok=True)
+    sep = _sep_id(hf)
+    if streamed:
+        docs = _budgeted(load_documents(train_spec, d, d.split, tokenizer, d.max_rows), hf, key["budget"])
+        if isinstance(d.valid, float):
+            docs, valid_docs = _stream_split(docs, d.valid, cfg.train.seed)
+        else:
+            valid_docs = None
+    else:
+        rows = list(load_documents(train_spec, d, d.split, tokenizer, d.max_rows))
+        valid_docs = None
+        if isinstance(d.valid, float):
+            rows, valid_docs = data_mod.split_valid(rows, d.valid, cfg.train.seed)
+        docs = rows
+    if isinstance(d.valid, str):
+        valid_docs = load_documents(d.valid, d, d.valid_split or d.split, tokenizer)
+    elif d.valid_split and valid_docs is None:
+        valid_docs = load_documents(d.train, d, d.valid_split, tokenizer)
+    n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype)
+    n_valid = docs_valid = 0
+    if valid_docs is not None:
+        n_valid, docs_valid = _write_tokens(valid_docs, hf, sep, out / "valid.bin", dtype)
+    meta = {"key": key, "train_tokens": n_train, "valid_tokens": n_valid, "train_docs": docs_train, "valid_docs": docs_valid, "sep_id": sep}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if n_valid else None), meta
+
+
+def _open(path: Path, dtype):
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _budgeted(docs, hf, budget: int | None):
+    """Stop a streamed corpus once it has given about `budget` tokens (5% slack for the split)."""
+    total = 0
+    for text in docs:
+        yield text
+        if budget is not None:
+            total += len(hf(text, add_special_tokens=False)["input_ids"]) + 1
+            if total >= budget * 1.05:
+                return
+
+
+def _stream_split(docs, fraction: float, seed: int):
+    """Split a streamed corpus into train/valid by a seeded coin per document. The validation
+    list fills while the train part is consumed (it is written first), so it is read after."""
+    rng = np.random.default_rng(seed)
+    valid: list[str] = []
+
+    def train_part():
+        for text in docs:
+            if rng.random() < fraction:
+                valid.append(text)
+            else:
+                yield text
+
+    return train_part(), valid
+
+
+class PackedBatches:
+    """Fixed-length sequences cut from a token stream, batched; same interface as data.Batches.
+
+    Sequence i is tokens[i*T : i*T + T + 1] (T = max_seq_len), so every token is a target once.
+    The order of sequences is a seeded permutation per epoch: micro-batch k of the stream is the
+    same on every run, which makes resume exact without storing the order.
+    Micro-batches are (inputs (B, T) int32, targets (B, T) int32, mask (B, T) float32).
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self.n_seq = (len(tokens) - 1) // seq_len
+        self.per_epoch = max(self.n_seq // batch_size, 1) if self.n_seq else 0
+        self.truncated = 0
+        self.real_tokens = self.n_seq * seq_len
+        self.yields: list[tuple[float, int]] = []  # (time, tokens) of recent micro-batches (MFU)
+
+    def __len__(self):
+        return self.per_epoch
+
+    def make(self, idx) -> tuple[tuple, int]:
+        T = self.seq_len
+        seqs = np.stack([np.asarray(self.tokens[i * T : i * T + T + 1], dtype=np.int32) for i in idx])
+        inputs, targets = seqs[:, :-1], seqs[:, 1:]
+        return (inputs, targets, np.ones(inputs.shape, np.float32)), inputs.size
+
+    def stream(self, start: int = 0):
+        """Yield (arrays, n_tokens) forever, from micro-batch number `start`."""
+        B, k = min(self.batch_size, self.n_seq), start
+        while True:
+            epoch, pos = divmod(k, self.per_epoch)
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_seq)
+            for j in range(pos, self.per_epoch):
+                batch = self.make(order[j * B : (j + 1) * B])
+                self.yields = self.yields[-255:] + [(time.perf_counter(), batch[1])]
+                yield batch
+                k += 1
+
+    def once(self):
+        """Every sequence once, in order (evaluation)."""
+        for j in range(0, self.n_seq, self.batch_size):
+            yield self.make(range(j, min(j + self.batch_size, self.n_seq)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute estimates: parameters, memory, FLOPs, MFU
+
+
+def model_config_of(cfg_or_config, vocab_size: int | None = None) -> dict:
+    """An HF Llama config dict from a Config with `model: {new: ...}` or an HF config dict."""
+    from smolmac.models import preset_config
+
+    if isinstance(cfg_or_config, dict):
+        return cfg_or_config
+    spec = dict((cfg_or_config.model or {}).get("new") or {}) if isinstance(cfg_or_config.model, dict) else None
+    if spec is None:
+        raise UserError("model: estimate() needs {new: {preset: ...}} or a model config dict.")
+    return preset_config(spec, vocab_size or cfg_or_config.tokenizer.vocab_size, None, None, None)
+
+
+def flops_per_token(config: dict, seq_len: int, trainable_fraction: float = 1.0) -> float:
+    """Training FLOPs per token: 6N + 12*L*H*Q*T (nanoGPT/PaLM); LoRA drops weight grads (4N)."""
+    from smolmac.models import count_params
+
+    n = count_params(config)
+    layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
+    q = config.get("head_dim") or config["hidden_size"] // heads
+    dense = 6 * n if trainable_fraction >= 1.0 else 4 * n
+    return float(dense + 12 * layers * heads * q * seq_len)
+
+
+def estimate(cfg_or_config, batch_size: int | None = None, seq_len: int | None = None,
+             vocab_size: int | None = None, bytes_per_value: int = 4) -> dict:
+    """Parameter count and a rough peak memory estimate for full training (AdamW, no recompute).
+
+    memory = weights + grads (1x each) + AdamW moments (2x, fp32)
+           + activations: B*T*layers*(34*H + 5*heads*T) * bytes/2 (Korthikanti et al. 2022)
+           + logits, their softmax and gradient: 3 * B*T*V*4 bytes.
+    Good to about a factor of 1.5; meant to warn before an out-of-memory, not to plan to the MB.
+
+    Args:
+        cfg_or_config: a Config (`model: {new: ...}`, uses train.batch_size/max_seq_len) or an
+            HF config dict.
+        vocab_size: for a Config whose tokenizer is not built yet (default tokenizer.vocab_size).
+    """
+    from smolmac.models import count_params
+
+    config = model_config_of(cfg_or_config, vocab_size)
+    if not isinstance(cfg_or_config, dict):
+        batch_size = batch_size or cfg_or_config.train.batch_size
+        seq_len = seq_len or cfg_or_config.train.max_seq_len
+    batch_size, seq_len = batch_size or 1, seq_len or min(config["max_position_embeddings"], 1024)
+    n = count_params(config)
+    h, layers, heads, v = config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"], config["vocab_size"]
+    states = n * (bytes_per_value * 2 + 8)
+    acts = batch_size * seq_len * layers * (34 * h + 5 * heads * seq_len) * bytes_per_value / 2
+    logits = 3 * batch_size * seq_len * v * 4
+    return {"params": n, "memory_gb": round((states + acts + logits) / 1e9, 3),
+            "flops_per_token": flops_per_token(config, seq_len), "batch_size": batch_size, "seq_len": seq_len}
+
+
+_PEAK: float | None = None
+
+
+def peak_flops() -> float:
+    """Measured matmul throughput of this machine (FLOP/s): best of a few float32 1024^2 matmuls."""
+    global _PEAK
+    if _PEAK is None:
+        import mlx.core as mx
+
+        a = mx.random.normal((1024, 1024))
+        mx.eval(a @ a)  # warm-up (kernel compilation)
+        best = float("inf")
+        for _ in range(5):
+            tic = time.perf_counter()
+            mx.eval(a @ a)
+            best = min(best, time.perf_counter() - tic)
+        _PEAK = 2 * 1024**3 / best
+    return _PEAK
+
+
+def mfu(tokens_per_second: float, flops_token: float, peak: float) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s over the measured matmul peak."""
+    return tokens_per_second * flops_token / max(peak, 1.0)
+
+
+def _pace(batches: PackedBatches, since: float) -> float | None:
+    """Training tokens/s from the stream's own clock: the gaps between consecutive micro-batches,
+    skipping the first of the process (compilation) and any gap that contains an evaluation."""
+    ys = batches.yields
+    gaps = [(b[0] - a[0], a[1]) for a, b in zip(ys, ys[1:]) if a[0] >= since]
+    if len(gaps) > 1:
+        gaps = gaps[1:] if ys[0][0] < since + 1e-9 else gaps
+        gaps = sorted(gaps)[: max(1, int(len(gaps) * 0.9))]  # the slowest tenth held evals/events
+        return sum(t for _, t in gaps) / max(sum(d for d, _ in gaps), 1e-9)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The task
+
+
+def build_task(cfg, model, tokenizer, run_dir):
+    """`method: pretrain`: packed next-token prediction on a text corpus (full parameters)."""
+    from smolmac.losses import lm_loss
+    from smolmac.trainer import Task, evaluate_loss, list_checkpoints
+
+    t = cfg.train
+    train_tokens, valid_tokens, meta = token_cache(cfg, tokenizer, Path(run_dir))
+    need = t.max_seq_len + 1
+    if len(train_tokens) < need:
+        raise UserError(f"data.train: the corpus has {len(train_tokens)} tokens, fewer than one sequence of train.max_seq_len + 1 = {need}; add text or lower train.max_seq_len.")
+    if valid_tokens is not None and len(valid_tokens) < need:
+        raise UserError(f"data.valid: the validation text has {len(valid_tokens)} tokens, fewer than one sequence of {need}; use a larger data.valid fraction or lower train.max_seq_len.")
+    train = PackedBatches(train_tokens, t.max_seq_len, t.batch_size, t.seed)
+    valid = PackedBatches(valid_tokens, t.max_seq_len, t.batch_size, t.seed) if valid_tokens is not None else None
+    config = _config_of(model)
+    notes = {"train_tokens": int(meta["train_tokens"]), "valid_tokens": int(meta["valid_tokens"]),
+             "sequences": train.n_seq, "documents": int(meta["train_docs"])}
+    flops_token = None
+    if config:
+        est = estimate(config, t.batch_size, t.max_seq_len)
+        flops_token = est["flops_per_token"]
+        notes.update(params=est["params"], flops_per_token=flops_token,  # memory: runs.py's plan
+                     peak_tflops=round(peak_flops() / 1e12, 4))
+    if valid is not None and not list_checkpoints(Path(run_dir) / "checkpoints"):
+        # Val loss of the untrained model: the "before" of what pretraining learned.
+        loss, _ = evaluate_loss(model, valid, lm_loss, cfg.eval.batches)
+        notes.update(init_val_loss=round(loss, 6), init_val_ppl=round(math.exp(min(loss, 50)), 4))
+    clock = {"since": time.perf_counter()}
+
+    def extra(_model) -> dict:
+        tps = _pace(train, clock["since"])
+        clock["since"] = time.perf_counter()
+        if tps is None or flops_token is None:
+            return {}
+        return {"tokens_per_second": round(tps, 1), "mfu": round(mfu(tps, flops_token, peak_flops()), 4)}
+
+    valid_rows = int(meta["valid_docs"]) if valid is not None else 0
+    return Task(train, valid, lm_loss, int(meta["train_docs"]), valid_rows, 0, notes=notes, evaluate_extra=extra)
+
+
+def _config_of(model) -> dict | None:
+    """HF-style dims of an mlx-lm Llama-like model (for FLOPs), or None if unknown."""
+    args = getattr(model, "args", None)
+    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
+    if args is None or not all(hasattr(args, k) for k in needed):
+        return None
+    config = {k: getattr(args, k) for k in needed}
+    config["head_dim"] = getattr(args, "head_dim", None) or config["hidden_size"] // config["num_attention_heads"]
+    config["tie_word_embeddings"] = getattr(args, "tie_word_embeddings", True)
+    config["max_position_embeddings"] = getattr(args, "max_position_embeddings", None) or 2048
+    return config

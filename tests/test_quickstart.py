@@ -1,0 +1,105 @@
+"""Pipelines and the offline quickstart: every stage improves its metric; finished stages are
+skipped on resume; a stopped stage resumes from its checkpoint; LoRA stages are fused."""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import smolmac
+from smolmac.config import load_recipe
+from smolmac.errors import UserError
+from smolmac.pipeline import format_stage_table, stage_rows
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("qs") / "run"
+    return smolmac.train(str(RECIPES / "quickstart-ci.yaml"), run_dir=run_dir)
+
+
+def test_recipes_validate():
+    for name in ("quickstart.yaml", "quickstart-ci.yaml"):
+        cfg = load_recipe(RECIPES / name)
+        assert [s["method"] for s in cfg.stages] == ["tokenizer", "pretrain", "sft", "orpo"]
+
+
+def test_quickstart_every_stage_improves(quickstart):
+    metrics = {e["name"]: e["metrics"] for e in quickstart.events if e["type"] == "metrics"}
+    assert metrics["tokenizer"]["vocab_size"] == 416
+    ppl = metrics["pretrain"]["val_ppl"]
+    assert ppl["after"] < ppl["before"] / 20  # from ~vocab size (uniform) to a few
+    em = metrics["sft"]["exact_match"]
+    assert em["before"] == 0.0 and em["after"] >= 0.3  # held-out questions; chance is ~1/19
+    pref, em2 = metrics["orpo"]["preference_accuracy"], metrics["orpo"]["exact_match"]
+    assert pref["after"] > pref["before"] and em2["after"] > em2["before"]
+    assert em2["before"] == em["after"]  # the same model, measured once
+    final = quickstart.model_path
+    assert final == quickstart.dir / "4-orpo" / "model" and (final / "model.safetensors").is_file()
+    assert quickstart.events[-1]["type"] == "done" and quickstart.events[-1]["output"] == str(final)
+    table = format_stage_table(quickstart.dir)
+    assert "exact match 0% ->" in table and "val perplexity" in table and len(table.splitlines()) == 5
+    # each stage is an ordinary run dir chained to the previous one
+    sft_cfg = load_recipe(str(quickstart.dir / "3-sft" / "config.yaml"))
+    assert sft_cfg.model == str(quickstart.dir / "2-pretrain" / "model")
+    pre_cfg = load_recipe(str(quickstart.dir / "2-pretrain" / "config.yaml"))
+    assert pre_cfg.tokenizer.path == str(quickstart.dir / "1-tokenizer" / "tokenizer")
+    assert (quickstart.dir / "2-pretrain" / "tokens" / "train.bin").is_file()
+
+
+def test_resume_skips_finished_stages(quickstart):
+    run = smolmac.train(run_dir=quickstart.dir, resume=True)
+    statuses = [e["status"] for e in run.events[len(quickstart.events):] if e["type"] == "stage"]
+    assert statuses == ["skipped"] * 4
+    assert run.model_path == quickstart.model_path
+
+
+def test_stopped_stage_resumes_and_lora_is_fused(tiny_model, chat_file, tmp_path):
+    recipe = {
+        "model": str(tiny_model),
+        "data": {"train": str(chat_file)},
+        "train": {"batch_size": 4, "lr": 5e-3, "report_every": 1},
+        "stages": [
+            {"name": "lora", "method": "sft", "lora": {"rank": 4}, "train": {"steps": 3}},
+            {"name": "full", "method": "sft", "full": True, "train": {"steps": 6}, "save": {"every": 2}},
+        ],
+    }
+    stop = threading.Event()
+
+    def on_event(e):
+        if e.get("stage") == 2 and e["type"] == "train" and e["step"] == 2:
+            stop.set()
+
+    run = smolmac.train(recipe, run_dir=tmp_path / "p", on_event=on_event, stop=stop)
+    assert run.stopped and run.events[-1]["type"] == "done" and run.events[-1]["stopped"]
+    fused = tmp_path / "p" / "1-lora" / "fused"
+    assert (fused / "config.json").is_file()
+    assert load_recipe(str(tmp_path / "p" / "2-full" / "config.yaml")).model == str(fused)
+
+    run = smolmac.train(run_dir=tmp_path / "p", resume=True)
+    assert not run.stopped
+    stages = [(e["name"], e["status"]) for e in run.events if e["type"] == "stage"]
+    assert stages[-3:] == [("lora", "skipped"), ("full", "started"), ("full", "finished")]
+    sub = [json.loads(x) for x in (tmp_path / "p" / "2-full" / "events.jsonl").read_text().splitlines()]
+    assert [e["resumed_from"] for e in sub if e["type"] == "start"] == [None, 2]
+    assert run.model_path == tmp_path / "p" / "2-full" / "model"
+    assert stage_rows(run.events)[0]["stage"] == "1-lora"
+
+    # the fused model answers exactly like base + adapter
+    from smolmac.generate import generate, load_for_generation
+
+    a = generate(*load_for_generation(str(tiny_model), str(tmp_path / "p" / "1-lora" / "adapter")), "reverse: the cat", max_tokens=8)
+    b = generate(*load_for_generation(str(fused)), "reverse: the cat", max_tokens=8)
+    assert a == b
+
+
+def test_bad_stage_and_rerun_are_user_errors(tiny_model, chat_file, tmp_path):
+    with pytest.raises(UserError, match=r"stages\[1\]: each stage must be a mapping with at least 'method'"):
+        smolmac.train({"model": str(tiny_model), "stages": [{"name": "x"}]}, run_dir=tmp_path / "a")
+    recipe = {"model": str(tiny_model), "data": {"train": str(chat_file)}, "stages": [{"method": "sft", "train": {"steps": 1}}]}
+    smolmac.train(recipe, run_dir=tmp_path / "b")
+    with pytest.raises(UserError, match="already holds a run"):
+        smolmac.train(recipe, run_dir=tmp_path / "b")
