@@ -106,7 +106,11 @@ def read_file(path: Path) -> list[dict]:
 
 
 def load_rows(spec: str, config: str | None = None, split: str = "train") -> list[dict]:
-    """Rows from a local file, a folder of files, or a Hub dataset id (with config and split)."""
+    """Rows from a local file, a folder of files, or a Hub dataset id (with config and split);
+    `quickstart:NAME` names a file shipped with smolmac."""
+    from smolmac.quickstart import resolve
+
+    spec = resolve(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return read_file(path)

@@ -24,21 +24,13 @@ import numpy as np
 
 from smolmac import events as ev
 from smolmac.errors import UserError
+from smolmac.quickstart import resolve as resolve_path
 
 TOKENIZER_DOC_CAP = 200_000  # documents read from a streamed Hub dataset to train a tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
 # Documents: local files/folders (via smolmac.data) or Hub datasets (streamed)
-
-
-def resolve_path(spec):
-    """`quickstart:NAME` -> the packaged quickstart file; anything else unchanged."""
-    if isinstance(spec, str) and spec.startswith("quickstart:"):
-        from smolmac.quickstart import path
-
-        return str(path(spec.split(":", 1)[1]))
-    return spec
 
 
 def _is_local(spec: str) -> bool:

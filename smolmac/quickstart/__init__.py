@@ -27,3 +27,10 @@ def path(name: str) -> Path:
         have = sorted(f.name for f in HERE.iterdir() if f.suffix in (".txt", ".jsonl"))
         raise UserError(f"quickstart:{name}: no such packaged file; choose one of {', '.join(have)}.")
     return p
+
+
+def resolve(spec):
+    """`quickstart:NAME` -> the packaged file's path; anything else unchanged."""
+    if isinstance(spec, str) and spec.startswith("quickstart:"):
+        return str(path(spec.split(":", 1)[1]))
+    return spec
