@@ -121,6 +121,8 @@ class ProgressView:
         if kind == "start":
             if self.task is not None:
                 self.progress.remove_task(self.task)
+            if e["method"] in ("pipeline", "tokenizer"):
+                return  # stage lines and the final table say what happens
             log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
             if e.get("memory_estimate_gb") is not None:
                 log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['machine_memory_gb']:.0f} GB" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))

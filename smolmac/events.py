@@ -110,6 +110,24 @@ class EventLog:
         if self.callback:
             self.callback(d)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Record a failure as an error event (so the TUI shows a failed run), then re-raise."""
+        if exc_type is not None:
+            from smolmac.errors import UserError
+
+            if issubclass(exc_type, KeyboardInterrupt):
+                message = "interrupted"
+            elif isinstance(exc, UserError):
+                message = str(exc)
+            else:
+                message = f"{exc_type.__name__}: {exc}"
+            self(Error(step=0, message=message))
+        self.close()
+        return False
+
     def close(self):
         if self._f:
             self._f.close()

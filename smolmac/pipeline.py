@@ -332,16 +332,15 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
     previous = ev.read_events(run_dir / "events.jsonl")
     known = {(e["stage"], e["name"]): e for e in previous if e["type"] == "metrics"}
     base = cfg.to_dict()
-    log = ev.EventLog(run_dir / "events.jsonl", on_event)
-    tic = time.perf_counter()
-    log(ev.Start(step=0, total_steps=len(cfg.stages), method="pipeline", model=json.dumps(cfg.model) if isinstance(cfg.model, dict) else str(cfg.model),
-                 trainable_params=0, total_params=0, train_rows=0, valid_rows=0, resumed_from=0 if resume else None,
-                 extra={"stages": [s.get("name") or s.get("method") if isinstance(s, dict) else None for s in cfg.stages]}))
-    for i, stage in enumerate(cfg.stages, 1):  # every stage's keys checked before anything trains
-        stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None)
-    model, tokenizer_path, adapter, cache = cfg.model, None, None, {}
-    run = Run(run_dir, cfg)
-    try:
+    with ev.EventLog(run_dir / "events.jsonl", on_event) as log:  # failures become error events
+        tic = time.perf_counter()
+        log(ev.Start(step=0, total_steps=len(cfg.stages), method="pipeline", model=json.dumps(cfg.model) if isinstance(cfg.model, dict) else str(cfg.model),
+                     trainable_params=0, total_params=0, train_rows=0, valid_rows=0, resumed_from=0 if resume else None,
+                     extra={"stages": [s.get("name") or s.get("method") if isinstance(s, dict) else None for s in cfg.stages]}))
+        for i, stage in enumerate(cfg.stages, 1):  # every stage's keys checked before anything trains
+            stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None)
+        model, tokenizer_path, adapter, cache = cfg.model, None, None, {}
+        run = Run(run_dir, cfg)
         for i, stage in enumerate(cfg.stages, 1):
             scfg = stage_config(base, stage, i, model, tokenizer_path)
             name = stage.get("name") or scfg.method
@@ -376,17 +375,6 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
         run.model_path = Path(model) if isinstance(model, str) and adapter is None else None
         run.adapter_path = Path(adapter) if adapter else None
         log(ev.Done(step=len(cfg.stages), output=str(run.adapter_path or run.model_path or tokenizer_path), elapsed_s=round(time.perf_counter() - tic, 2)))
-    except UserError as e:
-        log(ev.Error(step=0, message=str(e)))
-        raise
-    except KeyboardInterrupt:
-        log(ev.Error(step=0, message="interrupted"))
-        raise
-    except Exception as e:
-        log(ev.Error(step=0, message=f"{type(e).__name__}: {e}"))
-        raise
-    finally:
-        log.close()
     run.events = ev.read_events(run_dir / "events.jsonl")
     return run
 
