@@ -401,18 +401,15 @@ def flops_per_token(config: dict, seq_len: int, trainable_fraction: float = 1.0)
 
 def estimate(cfg_or_config, batch_size: int | None = None, seq_len: int | None = None,
              vocab_size: int | None = None, bytes_per_value: int = 4) -> dict:
-    """Parameter count and a rough peak memory estimate for full training (AdamW, no recompute).
-
-    memory = weights + grads (1x each) + AdamW moments (2x, fp32)
-           + activations: B*T*layers*(34*H + 5*heads*T) * bytes/2 (Korthikanti et al. 2022)
-           + logits, their softmax and gradient: 3 * B*T*V*4 bytes.
-    Good to about a factor of 1.5; meant to warn before an out-of-memory, not to plan to the MB.
+    """Parameter count, FLOPs per token and peak memory (smolmac.memory's fitted estimate) of
+    full training, before the model (or even its tokenizer) exists.
 
     Args:
         cfg_or_config: a Config (`model: {new: ...}`, uses train.batch_size/max_seq_len) or an
             HF config dict.
         vocab_size: for a Config whose tokenizer is not built yet (default tokenizer.vocab_size).
     """
+    from smolmac.memory import estimate as memory_estimate
     from smolmac.models import count_params
 
     config = model_config_of(cfg_or_config, vocab_size)
@@ -420,12 +417,8 @@ def estimate(cfg_or_config, batch_size: int | None = None, seq_len: int | None =
         batch_size = batch_size or cfg_or_config.train.batch_size
         seq_len = seq_len or cfg_or_config.train.max_seq_len
     batch_size, seq_len = batch_size or 1, seq_len or min(config["max_position_embeddings"], 1024)
-    n = count_params(config)
-    h, layers, heads, v = config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"], config["vocab_size"]
-    states = n * (bytes_per_value * 2 + 8)
-    acts = batch_size * seq_len * layers * (34 * h + 5 * heads * seq_len) * bytes_per_value / 2
-    logits = 3 * batch_size * seq_len * v * 4
-    return {"params": n, "memory_gb": round((states + acts + logits) / 1e9, 3),
+    memory = memory_estimate(config, batch_size, seq_len, lora_rank=None, dtype_bytes=bytes_per_value)
+    return {"params": count_params(config), "memory_gb": round(memory["total_gb"], 3),
             "flops_per_token": flops_per_token(config, seq_len), "batch_size": batch_size, "seq_len": seq_len}
 
 
