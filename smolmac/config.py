@@ -7,6 +7,7 @@ as the run's `config.yaml`, and label the TUI's form fields. Precedence: CLI > r
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,7 @@ def _type_ok(value, tp) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
     if tp is Any:
         return True, value
-    if origin is Union:
+    if origin in (Union, types.UnionType):  # Optional[X] and X | None
         for arg in typing.get_args(tp):
             ok, v = _type_ok(value, arg)
             if ok:
@@ -232,7 +233,7 @@ def _type_ok(value, tp) -> tuple[bool, Any]:
 
 
 def _type_name(tp) -> str:
-    if typing.get_origin(tp) is Union:
+    if typing.get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return {type(None): "null", list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 

@@ -37,6 +37,9 @@ def test_wrong_type_and_choice(tmp_path):
     p.write_text("model: m\ntrain:\n  batch_size: many\n")
     with pytest.raises(UserError, match=r"r.yaml:3: 'train.batch_size' must be int"):
         load_recipe(p)
+    p.write_text("model: m\ndata:\n  train: 5\n")
+    with pytest.raises(UserError, match=r"r.yaml:3: 'data.train' must be str or null"):
+        load_recipe(p)
     p.write_text("model: m\ntrain:\n  schedule: cosin\n")
     with pytest.raises(UserError, match=r"did you mean 'cosine'"):
         load_recipe(p)
