@@ -38,7 +38,7 @@ def make_run(root, base, lora: dict, seed: int = 1, finished: bool = True):
     from smolmac.lora import apply_lora, save_adapter
     from smolmac.models import load_model
 
-    cfg = load_recipe({"model": str(base), "method": "sft", "data": {"train": "HuggingFaceTB/smoltalk"},
+    cfg = load_recipe({"model": str(base), "method": "sft", "data": {"train": "acme-org/chat-data"},
                        "lora": {"rank": 4, "alpha": 12, **lora}, "train": {"steps": 10, "lr": 2e-4}})
     model, _tok, _config, path = load_model(str(base))
     base_logits = np.array(model(mx.array(IDS)))

@@ -67,7 +67,7 @@ def test_adapter_card_front_matter_and_body(exports):
     meta = front_matter(card)
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
     assert meta["tags"] == ["lora", "sft", "mlx", "smolmac"]
-    assert meta["datasets"] == ["HuggingFaceTB/smoltalk"]
+    assert meta["datasets"] == ["acme-org/chat-data"]
     assert "base_model" not in meta  # the base is a local directory: no Hub link
     for text in ("| train_loss | 1.234 |", "| val_loss | 1.5 |", "| learning_rate | 0.0002 |", "AutoPeftModelForCausalLM", "r=4, alpha=12"):
         assert text in card
@@ -75,9 +75,9 @@ def test_adapter_card_front_matter_and_body(exports):
     assert str(exports["root"]) not in card and str(exports["root"]) not in (exports["peft"] / "smolmac.json").read_text()
 
     info = json.loads((exports["peft"] / "smolmac.json").read_text())
-    info.update(base_model="HuggingFaceTB/SmolLM2-135M", base_model_on_hub=True)
+    info.update(base_model="acme-org/tiny-base", base_model_on_hub=True)
     meta = front_matter(model_card(info, "you/smol-lora"))
-    assert (meta["base_model"], meta["base_model_relation"]) == ("HuggingFaceTB/SmolLM2-135M", "adapter")
+    assert (meta["base_model"], meta["base_model_relation"]) == ("acme-org/tiny-base", "adapter")
     assert 'AutoPeftModelForCausalLM.from_pretrained("you/smol-lora")' in model_card(info, "you/smol-lora")
 
 
@@ -87,10 +87,10 @@ def test_fused_and_from_scratch_cards(exports):
     card = (exports["hf"] / "README.md").read_text()
     assert front_matter(card)["library_name"] == "transformers"
     info = json.loads((exports["hf"] / "smolmac.json").read_text())
-    info.update(base_model="HuggingFaceTB/SmolLM2-135M", base_model_on_hub=True)
+    info.update(base_model="acme-org/tiny-base", base_model_on_hub=True)
     card = model_card(info, "you/smol-merged")
     meta = front_matter(card)
-    assert (meta["base_model"], meta["base_model_relation"], meta["library_name"]) == ("HuggingFaceTB/SmolLM2-135M", "finetune", "transformers")
+    assert (meta["base_model"], meta["base_model_relation"], meta["library_name"]) == ("acme-org/tiny-base", "finetune", "transformers")
     assert 'pipeline("text-generation", model="you/smol-merged")' in card and "mlx_lm.generate --model you/smol-merged" in card
     info.update(base_model=None, base_model_on_hub=False, from_scratch=True, fine_tune="pretrain", method="pretrain", adapter=None)
     meta = front_matter(model_card(info, "you/smol-scratch"))

@@ -526,7 +526,7 @@ def test_snapshot_new_run(snap_compare, tmp_path, monkeypatch, tiny_model, chat_
     Path("recipes").mkdir()
     Path("recipes", "sft-tiny.yaml").write_text("model: models/tiny\ndata:\n  train: chat.jsonl\n  valid: 0.1\ntrain:\n  steps: 50\n  lr: 3.0e-4\n")
     app = SmolmacApp(runs_dir="runs", recipes_dir="recipes", launcher=FakeLauncher(), chat_backend=FakeChat(), memory_gb=16,
-                     list_models=lambda: ["HuggingFaceTB/SmolLM2-135M-Instruct", "mlx-community/Qwen2.5-0.5B-Instruct-4bit"])
+                     list_models=lambda: ["acme-org/tiny-instruct", "mlx-community/Qwen2.5-0.5B-Instruct-4bit"])
 
     async def fill(pilot):
         await pilot.press("n")
