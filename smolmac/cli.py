@@ -48,9 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (default 1.0).")
     g.add_argument("--raw", action="store_true", help="Do not apply the chat template.")
 
-    e = sub.add_parser("export", help="Export a run as a PEFT adapter, a fused Hugging Face model or an mlx-lm adapter.")
+    from smolmac.export import EXPORTERS
+
+    e = sub.add_parser("export", help="Export a run: " + ", ".join(EXPORTERS) + ".")
     e.add_argument("run_dir", help="The run directory (or an adapter directory).")
-    e.add_argument("--format", required=True, choices=["peft", "hf", "mlx"], help="peft: PEFT LoRA adapter; hf: fused transformers model; mlx: mlx-lm adapter.")
+    e.add_argument("--format", required=True, choices=list(EXPORTERS), help="; ".join(f"{k}: {v.help}" for k, v in EXPORTERS.items()) + ".")
     e.add_argument("--to", required=True, help="Output directory.")
     e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the model's).")
     e.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")

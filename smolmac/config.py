@@ -20,6 +20,11 @@ from smolmac.errors import UserError, did_you_mean
 METHODS = ("sft", "pretrain", "dpo", "orpo", "tokenizer")
 
 
+def number(x):
+    """An int when the float is whole (YAML/JSON-friendly: 16.0 -> 16)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
 def _f(default, help: str, choices: tuple | None = None):
     """A dataclass field with help text (and optional allowed values)."""
     meta = {"help": help}

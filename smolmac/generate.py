@@ -12,27 +12,18 @@ from smolmac.errors import UserError
 
 def load_for_generation(model: str, adapter: str | None = None, dtype: str = "float32"):
     """(model, tokenizer) with the adapter applied: an mlx-lm adapter dir, a PEFT adapter dir,
-    or a run dir (its adapter/ or model/)."""
+    or a run dir (its adapter/, or its model/ for a full fine-tune)."""
     from smolmac.models import load_model
 
-    if adapter:
-        adapter_path = Path(adapter)
-        if (adapter_path / "adapter" / "adapter_config.json").is_file():
-            adapter_path = adapter_path / "adapter"
-        elif (adapter_path / "model" / "config.json").is_file():
-            return load_model(str(adapter_path / "model"), dtype)[:2]
-        if not adapter_path.is_dir():
-            raise UserError(f"--adapter: {adapter} does not exist; point at a run dir or an adapter folder.")
+    if adapter and (Path(adapter) / "model" / "config.json").is_file():
+        return load_model(str(Path(adapter) / "model"), dtype)[:2]
+    if adapter and not Path(adapter).is_dir():
+        raise UserError(f"--adapter: {adapter} does not exist; point at a run dir or an adapter folder.")
     m, tok, _config, _path = load_model(model, dtype)
     if adapter:
-        from smolmac.lora import load_adapter
+        from smolmac.adapters import attach
 
-        if (adapter_path / "adapter_model.safetensors").is_file():
-            from smolmac.export import load_peft_adapter
-
-            load_peft_adapter(m, adapter_path)
-        else:
-            load_adapter(m, adapter_path)
+        attach(m, adapter)
         m.eval()
     return m, tok
 

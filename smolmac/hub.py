@@ -15,10 +15,8 @@ import os
 import re
 from pathlib import Path
 
+from smolmac.config import number
 from smolmac.errors import UserError
-
-RELATION = {"peft": "adapter", "mlx": "adapter", "hf": "finetune"}
-LIBRARY = {"peft": "peft", "mlx": "mlx", "hf": "transformers"}
 
 
 def hub_id(spec) -> str | None:
@@ -40,10 +38,6 @@ def _display(spec) -> str | None:
     if not spec:
         return None
     return hub_id(spec) or Path(str(spec).rstrip("/")).name
-
-
-def _number(x):
-    return int(x) if float(x).is_integer() else float(x)
 
 
 def _base_license(*specs) -> str | None:
@@ -126,7 +120,7 @@ def card_info(src, fmt: str, dtype: str | None = None) -> dict:
     if ad:
         layout = ad.layout()
         info["adapter"] = {
-            "rank": ad.rank, "alpha": _number(ad.alpha), "dropout": ad.dropout, "use_dora": ad.dora,
+            "rank": ad.rank, "alpha": number(ad.alpha), "dropout": ad.dropout, "use_dora": ad.dora,
             "targets": sorted({r.rsplit(".", 1)[-1] for r in layout[1]}) if layout else ad.modules(),
             "layers": "all" if layout and ad.n_blocks and len(layout[0]) == ad.n_blocks else (layout[0] if layout else "mixed"),
         }
@@ -144,67 +138,14 @@ def card_info(src, fmt: str, dtype: str | None = None) -> dict:
 
 
 def _snippets(info: dict, ref: str, on_hub: bool) -> str:
+    from smolmac.export import exporter
+
     name = info.get("base_model") or "base-model"
     base = name if info.get("base_model_on_hub") else f"path/to/{name}"
-    fmt = info["format"]
-    chat = 'messages = [{"role": "user", "content": "Hello!"}]'
     # mlx-lm's --adapter-path and smolmac's --adapter read local folders: download first
     local = ref.split("/")[-1] if on_hub else ref
     fetch = f"hf download {ref} --local-dir {local}\n" if on_hub else ""
-    if fmt == "peft":
-        return f"""### transformers + PEFT
-
-```python
-from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer
-
-model = AutoPeftModelForCausalLM.from_pretrained("{ref}")  # loads {base} and applies the adapter
-tokenizer = AutoTokenizer.from_pretrained("{base}")
-{chat}
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-out = model.generate(**inputs, max_new_tokens=64)
-print(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-# model = model.merge_and_unload()  # a plain transformers model with the adapter merged
-```
-
-### MLX (smolmac)
-
-```bash
-{fetch}smolmac generate --model {base} --adapter {local} --prompt "Hello!"
-```
-"""
-    if fmt == "mlx":
-        return f"""### mlx-lm
-
-```bash
-{fetch}mlx_lm.generate --model {base} --adapter-path {local} --prompt "Hello!"
-```
-
-```python
-from mlx_lm import generate, load
-
-model, tokenizer = load("{base}", adapter_path="{local}")
-{chat}
-prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-print(generate(model, tokenizer, prompt=prompt, max_tokens=64))
-```
-"""
-    return f"""### transformers
-
-```python
-from transformers import pipeline
-
-pipe = pipeline("text-generation", model="{ref}")
-{chat}
-print(pipe(messages, max_new_tokens=64)[0]["generated_text"][-1]["content"])
-```
-
-### mlx-lm
-
-```bash
-mlx_lm.generate --model {ref} --prompt "Hello!"
-```
-"""
+    return exporter(info["format"]).writer().usage(info, ref, base, local, fetch)
 
 
 def _table(rows: dict, head: tuple[str, str]) -> str:
@@ -224,28 +165,31 @@ def model_card(info: dict, repo_id: str | None = None) -> str:
     """
     from huggingface_hub import ModelCardData
 
+    from smolmac.export import exporter
+
     fmt, ft = info["format"], info["fine_tune"]
+    kind = exporter(fmt)
     base = info.get("base_model") if info.get("base_model_on_hub") else None
     method = info.get("method")
     tags = ([ft] if ft in ("lora", "dora") else []) + ([method] if method else []) + ["mlx", "smolmac"]
     meta = ModelCardData(
-        base_model=base, base_model_relation=RELATION[fmt] if base else None, library_name=LIBRARY[fmt],
+        base_model=base, base_model_relation=kind.relation if base else None, library_name=kind.library,
         pipeline_tag="text-generation", tags=tags, datasets=info.get("datasets_on_hub") or None,
         license=info.get("license"),
     )
     ref = repo_id or f"path/to/{info.get('name') or 'this-folder'}"
     base_name = info.get("base_model")
     on = f" [{base_name}](https://huggingface.co/{base_name})" if base else (f" the local model `{base_name}`" if base_name else " its base model")
-    kind = {"lora": "LoRA", "dora": "DoRA"}.get(ft)
+    adapter = {"lora": "LoRA", "dora": "DoRA"}.get(ft)
     if ft == "pretrain":
         what = "A language model pretrained from scratch"
-    elif kind is None:
+    elif adapter is None:
         what = f"A full fine-tune of{on}"
-    elif fmt == "hf":
-        what = f"A fine-tune of{on} with its {kind} adapter merged into the weights"
+    elif not kind.adapter:
+        what = f"A fine-tune of{on} with its {adapter} adapter merged into the weights"
     else:
-        what = f"A {kind} adapter for{on}"
-    layout = {"peft": "a PEFT adapter", "mlx": "an mlx-lm adapter", "hf": "a transformers model directory"}[fmt]
+        what = f"A {adapter} adapter for{on}"
+    layout = kind.layout
     title = repo_id.split("/")[-1] if repo_id else (info.get("name") or f"{base_name or 'smolmac'}-{method or ft}")
     parts = [f"---\n{meta.to_yaml()}\n---\n", f"# {title}\n",
              f"{what}, trained with smolmac ({(method or ft).upper()}) on Apple MLX and exported as {layout}.\n"]
@@ -277,14 +221,13 @@ def model_card(info: dict, repo_id: str | None = None) -> str:
 
 
 def export_kind(folder: Path) -> str:
-    """'peft', 'mlx' or 'hf' for an export directory; UserError for anything else."""
-    if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file():
-        return "peft"
-    if (folder / "adapter_config.json").is_file() and (folder / "adapters.safetensors").is_file():
-        return "mlx"
-    if (folder / "config.json").is_file() and any(folder.glob("model*.safetensors")):
-        return "hf"
-    raise UserError(f"{folder}: this is not an export (no PEFT adapter, mlx-lm adapter or model weights); create one with `smolmac export RUN --format peft|hf|mlx --to DIR`.")
+    """The format of an export directory (see smolmac.export.EXPORTERS); UserError if none."""
+    from smolmac.export import EXPORTERS, detect
+
+    kind = detect(folder)
+    if kind is None:
+        raise UserError(f"{folder}: this is not an export (no PEFT adapter, mlx-lm adapter or model weights); create one with `smolmac export RUN --format {'|'.join(EXPORTERS)} --to DIR`.")
+    return kind.name
 
 
 def _offline() -> bool:

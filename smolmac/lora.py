@@ -84,14 +84,3 @@ def save_adapter(model: nn.Module, adapter_config: dict, out_dir: str | Path, ex
     mx.save_safetensors(str(out / "adapters.safetensors"), weights)
     (out / "adapter_config.json").write_text(json.dumps({**adapter_config, **(extra or {})}, indent=2))
     return out
-
-
-def load_adapter(model: nn.Module, adapter_dir: str | Path) -> dict:
-    """Apply an mlx-lm adapter directory to `model` (LoRA/DoRA layers + weights)."""
-    from mlx_lm.tuner.utils import load_adapters
-
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json; point at a run's adapter/ folder.")
-    load_adapters(model, str(adapter_dir))
-    return json.loads((adapter_dir / "adapter_config.json").read_text())

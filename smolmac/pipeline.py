@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,23 +287,14 @@ def _prepare_resume(sub: Path) -> bool:
     return False
 
 
-def fuse_adapter(base: str, adapter: Path, out: Path, dtype: str = "float32") -> Path:
-    """Fuse LoRA/DoRA layers into the base weights (mlx-lm's `fuse`) and save an HF model dir."""
-    from mlx.utils import tree_unflatten
+def fuse_stage(sub: Path) -> Path:
+    """A LoRA stage's adapter fused into its base as `<stage>/fused/` (an HF model directory),
+    written by the hf exporter: the one fuse of smolmac, which dequantises a quantised base."""
+    from smolmac.export import export_run
 
-    from smolmac.lora import load_adapter
-    from smolmac.models import load_model, save_model_dir
-
-    if (out / "config.json").is_file():
-        return out
-    model, tokenizer, config, _ = load_model(base, dtype)
-    load_adapter(model, adapter)
-    fused = [(name, m.fuse()) for name, m in model.named_modules() if hasattr(m, "fuse")]
-    model.update_modules(tree_unflatten(fused))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(model, tokenizer, config, tmp)
-    tmp.replace(out)
+    out = sub / "fused"
+    if not (out / "config.json").is_file():
+        export_run(sub, "hf", out, overwrite=True)
     return out
 
 
@@ -393,9 +383,7 @@ def _next_inputs(scfg: Config, sub: Path, done: dict, model, tokenizer_path):
         return model, str(sub / "tokenizer"), None
     if scfg.method == "pretrain" or scfg.full:
         return str(sub / "model"), tokenizer_path, None
-    base = scfg.model if isinstance(scfg.model, str) else str(sub / "init")
-    fused = fuse_adapter(base, sub / "adapter", sub / "fused", scfg.train.dtype)
-    return str(fused), tokenizer_path, str(sub / "adapter")
+    return str(fuse_stage(sub)), tokenizer_path, str(sub / "adapter")
 
 
 def _metrics_before(scfg: Config, model, cache: dict, i: int, name: str, known: dict) -> dict:

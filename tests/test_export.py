@@ -180,7 +180,8 @@ def test_peft_import_and_reexport_is_byte_stable(exported, base, tmp_path):
     import mlx.core as mx
     from safetensors.numpy import load_file
 
-    from smolmac.export import export_run, load_peft_adapter
+    from smolmac.adapters import load_peft_adapter
+    from smolmac.export import export_run
     from smolmac.lora import save_adapter, trainable_count
     from smolmac.models import load_model
 
@@ -297,8 +298,8 @@ def test_bad_output_dir_and_dtype(tmp_path, base):
     run, _ = make_run(tmp_path / "run", base, {"targets": ["q_proj"], "layers": 1, "dora": False})
     with pytest.raises(UserError, match="float32, float16 or bfloat16"):
         export_run(run, "peft", tmp_path / "o", dtype="fp8")
-    with pytest.raises(UserError, match="choose peft, hf or mlx"):
-        export_run(run, "gguf", tmp_path / "o")
+    with pytest.raises(UserError, match="onnx. is not a format; choose peft, hf, mlx"):
+        export_run(run, "onnx", tmp_path / "o")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

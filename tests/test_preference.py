@@ -225,7 +225,7 @@ def test_preference_accuracy_rises_and_every_parameter_changes(tiny_model, pair_
     assert final["eval_rewards/accuracies"] > 0.9, final
     # the same, pair by pair, from the saved adapter
     model, tok, _, _ = load_model(str(tiny_model))
-    from smolmac.lora import load_adapter
+    from smolmac.adapters import attach as load_adapter
 
     load_adapter(model, run.adapter_path)
     cfg = load_recipe(recipe(tiny_model, *pair_files, method))

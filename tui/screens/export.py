@@ -18,12 +18,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, RichLog, Select, Static, Switch
 from textual.worker import Worker, WorkerState
 
+from smolmac.export import EXPORTERS
 from smolmac.tui.dialogs.confirm import ConfirmDialog
 from smolmac.tui.i18n import t
 from smolmac.tui.messages import JobDone, JobLog
 from smolmac.tui.runner import list_runs
 
-FORMATS = (("peft", "PEFT adapter (transformers + peft)"), ("hf", "fused Hugging Face model"), ("mlx", "mlx-lm adapter"))
+FORMATS = tuple((name, e.help) for name, e in EXPORTERS.items())  # from the engine's registry
 DTYPES = ("float32", "float16", "bfloat16")
 
 

@@ -1,0 +1,120 @@
+"""Exporters, side by side: each format is one module here with `write(src, out, dtype, say)` and
+`usage(...)` (the model card's snippet), and one `Exporter` entry below. The CLI's choices, the
+model card, the app's Export screen and upload all read this registry.
+
+    smolmac export runs/x --format peft --to out/x-peft   # PEFT LoRA/DoRA adapter (transformers)
+    smolmac export runs/x --format hf   --to out/x-hf     # adapter fused into the base, HF layout
+    smolmac export runs/x --format mlx  --to out/x-mlx    # mlx-lm adapter (--adapter-path)
+
+What to export is found by `sources.open_source` (a run, a pipeline, an adapter dir); the output is
+written beside `--to` under a temporary name and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from smolmac.errors import UserError, did_you_mean
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """A format: where its writer lives and what the model card says about it."""
+
+    name: str
+    help: str  # one line for `--help` and the app
+    module: str  # smolmac.export.<module>: write(src, out, dtype, say), usage(info, ref, base, local, fetch)
+    adapter: bool  # writes an adapter: a full fine-tune cannot be exported this way
+    library: str  # model card `library_name`
+    relation: str  # model card `base_model_relation`
+    layout: str  # "exported as ..." in the card
+    files: tuple = ()  # glob patterns that all match in an export of this format (upload checks)
+
+    def writer(self):
+        return importlib.import_module(f"smolmac.export.{self.module}")
+
+
+EXPORTERS = {e.name: e for e in (
+    Exporter("peft", "PEFT LoRA/DoRA adapter (transformers + peft)", "peft", True, "peft", "adapter",
+             "a PEFT adapter", ("adapter_config.json", "adapter_model.safetensors")),
+    Exporter("hf", "adapter fused into the base: a transformers model directory", "hf", False, "transformers",
+             "finetune", "a transformers model directory", ("config.json", "model*.safetensors")),
+    Exporter("mlx", "mlx-lm adapter (mlx_lm.generate --adapter-path)", "mlx", True, "mlx", "adapter",
+             "an mlx-lm adapter", ("adapter_config.json", "adapters.safetensors")),
+)}
+
+
+def exporter(name: str) -> Exporter:
+    if name not in EXPORTERS:
+        raise UserError(f"--format: '{name}' is not a format{did_you_mean(name, EXPORTERS)}; choose {', '.join(EXPORTERS)}.")
+    return EXPORTERS[name]
+
+
+def detect(folder: Path) -> Exporter | None:
+    """The format of an export directory (its smolmac.json, else its files), or None."""
+    info = folder / "smolmac.json"
+    if info.is_file():
+        fmt = json.loads(info.read_text()).get("format")
+        if fmt in EXPORTERS:
+            return EXPORTERS[fmt]
+    return next((e for e in EXPORTERS.values() if e.files and all(any(folder.glob(p)) for p in e.files)), None)
+
+
+def _check_out(out: Path, src_path: Path, overwrite: bool):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--to: {out} is a file; give a directory path.")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"--to: {out} exists and is not empty; choose another directory or pass --overwrite.")
+        here, src = out.resolve(), src_path.resolve()
+        if here == src or here in src.parents or here in (Path.cwd().resolve(), Path.home().resolve()):
+            raise UserError(f"--to: {out} contains the run (or is the current or home directory); --overwrite would delete it, so choose a new directory.")
+
+
+def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool = False, on_message=None) -> Path:
+    """Export a run (or an adapter dir) in one of the EXPORTERS' formats.
+
+    Args:
+        run_dir: run dir (adapter/, model/ or, unfinished, its last checkpoint), a pipeline dir
+            (its last trained stage), or an mlx-lm or PEFT adapter dir.
+        fmt: a key of EXPORTERS ("peft", "hf", "mlx", ...).
+        out: output directory (written atomically, with README.md model card and smolmac.json).
+        dtype: float32, float16 or bfloat16 (default: as trained / the base model's).
+        overwrite: replace a non-empty `out`.
+        on_message: callable receiving progress sentences (e.g. print).
+    """
+    from smolmac.export.sources import open_source
+    from smolmac.hub import card_info, model_card
+
+    say = on_message or (lambda _m: None)
+    kind = exporter(fmt)
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype: '{dtype}' is not supported; choose float32, float16 or bfloat16.")
+    out = Path(out)
+    _check_out(out, Path(run_dir), overwrite)
+    src = open_source(run_dir, say)
+    if src.adapter is None and kind.adapter:
+        raise UserError(f"--format {fmt}: {run_dir} is a full fine-tune with no adapter to export; use --format hf for a transformers model directory (mlx-lm loads it too).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        kind.writer().write(src, tmp, dtype, say)
+        info = {**card_info(src, fmt, dtype), "name": out.name}
+        (tmp / "smolmac.json").write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(info))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
