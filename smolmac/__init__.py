@@ -18,10 +18,14 @@ __all__ = ["train", "load_recipe", "Run", "UserError"]
 
 def __getattr__(name):
     # Lazy: keep `import smolmac` free of mlx/datasets imports (the TUI imports it at start-up).
-    if name in ("train", "Run"):
-        from smolmac import runs
+    if name == "train":
+        from smolmac import api
 
-        return getattr(runs, "train" if name == "train" else "Run")
+        return api.train
+    if name == "Run":
+        from smolmac.runs import Run
+
+        return Run
     if name == "load_recipe":
         from smolmac.config import load_recipe
 

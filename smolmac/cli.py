@@ -155,7 +155,7 @@ def cmd_train(args) -> int:
     if args.help_keys:
         _print_keys()
         return 0
-    from smolmac import runs
+    from smolmac import api, runs
     from smolmac.config import load_recipe
 
     resume = bool(args.resume)
@@ -184,9 +184,9 @@ def cmd_train(args) -> int:
     if args.json:
         def show(e):
             print(json.dumps(e, ensure_ascii=False), flush=True)
-        runs.run_training(cfg, run_dir, resume=resume, on_event=show, stop=stop)
+        api.run(cfg, run_dir, resume=resume, on_event=show, stop=stop)
     elif args.quiet:
-        runs.run_training(cfg, run_dir, resume=resume, stop=stop)
+        api.run(cfg, run_dir, resume=resume, stop=stop)
     else:
         from smolmac import _blas
 
@@ -195,7 +195,7 @@ def cmd_train(args) -> int:
             view.console.print(f"[yellow]{_blas.HINT}[/]")
         view.console.print(f"run dir: {run_dir}")
         with view:
-            runs.run_training(cfg, run_dir, resume=resume, on_event=view, stop=stop)
+            api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop)
         if cfg.stages:
             from smolmac.pipeline import format_stage_table
 

@@ -5,8 +5,8 @@
     DIR/checkpoints/     step-NNNNNNN/ with full training state (atomic)
     DIR/adapter/         LoRA/DoRA in mlx-lm's layout   (or DIR/model/ for full fine-tuning)
 
-    import smolmac
-    run = smolmac.train("recipes/sft-full-tiny.yaml", train={"steps": 20})
+One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
+`run_training`, and `smolmac.api.train` chooses between the two.
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ class Run:
 
     def last(self, type_: str) -> dict | None:
         return next((e for e in reversed(self.events) if e["type"] == type_), None)
+
+
+def read_config(run_dir: str | Path, overrides=None) -> Config:
+    """The resolved recipe a run dir was started with (its config.yaml), validated."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a run directory.")
+    return load_recipe(yaml.safe_load(path.read_text()), overrides)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -138,10 +146,6 @@ def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
 
 def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None) -> Run:
     """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout."""
-    if cfg.stages:
-        from smolmac.pipeline import run_pipeline
-
-        return run_pipeline(cfg, run_dir, resume=resume, on_event=on_event, stop=stop)
     if cfg.method == "tokenizer":
         from smolmac.pretrain import run_tokenizer_stage
 
@@ -236,27 +240,6 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     log(ev.Done(step=pos.step, output=str(output), stopped=stopped, elapsed_s=round(pos.elapsed_s, 2)))
     run.events = ev.read_events(run_dir / "events.jsonl")
     return run
-
-
-def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, on_event=None, stop=None, **overrides) -> Run:
-    """Train from a recipe path, mapping or Config; keyword overrides mirror the recipe keys.
-
-    Args:
-        recipe: YAML path, dict or Config.
-        run_dir: output directory (default runs/<name>-<timestamp>).
-        resume: continue from the last checkpoint in run_dir.
-        on_event: callback receiving each event dict.
-        stop: threading.Event; when set, the run checkpoints and stops.
-        **overrides: e.g. `train={"lr": 1e-4}`, `model="path"`, `method="sft"`.
-    """
-    if resume and run_dir is not None and recipe is None:
-        cfg = load_recipe(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())) if (Path(run_dir) / "config.yaml").is_file() else None
-        if cfg is None:
-            raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a run directory.")
-    else:
-        cfg = load_recipe(recipe, overrides or None)
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    return run_training(cfg, run_dir, resume=resume, on_event=on_event, stop=stop)
 
 
 def read_run(run_dir: str | Path) -> dict:
