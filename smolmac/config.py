@@ -16,8 +16,7 @@ from typing import Any, Union
 import yaml
 
 from smolmac.errors import UserError, did_you_mean
-
-METHODS = ("sft", "pretrain", "dpo", "orpo", "tokenizer")
+from smolmac.methods import METHODS
 
 
 def number(x):
@@ -130,7 +129,7 @@ SECTIONS = {
 @dataclass
 class Config:
     model: Any = _f(None, "Hub id or local directory of an mlx-lm model, or {new: {preset: nano, ...}} for a model built from scratch.")
-    method: str = _f("sft", "Training method.", METHODS)
+    method: str = _f("sft", "Training method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + ".", tuple(METHODS))
     full: bool = _f(False, "Full fine-tuning instead of LoRA/DoRA.")
     trust_remote_code: bool = _f(False, "Allow the tokenizer's custom code from the Hub.")
     name: str | None = _f(None, "Run name used for the default run directory.")

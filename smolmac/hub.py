@@ -17,6 +17,7 @@ from pathlib import Path
 
 from smolmac.config import number
 from smolmac.errors import UserError
+from smolmac.methods import method
 
 
 def hub_id(spec) -> str | None:
@@ -81,10 +82,9 @@ def _hyperparameters(cfg) -> dict:
     hp.update({"steps": t.steps} if t.steps else {"epochs": t.epochs})
     hp.update(batch_size=t.batch_size, grad_accum=t.grad_accum, max_seq_len=t.max_seq_len, packing=t.packing,
               weight_decay=t.weight_decay, dtype=t.dtype, seed=t.seed)
-    if cfg.method == "dpo":
-        hp.update(dpo_beta=cfg.dpo.beta, dpo_loss=cfg.dpo.loss)
-    if cfg.method == "orpo":
-        hp.update(orpo_beta=cfg.orpo.beta, orpo_nll=cfg.orpo.nll)
+    for key, name in method(cfg.method).card:
+        section, field = key.split(".")
+        hp[name] = getattr(getattr(cfg, section), field)
     return hp
 
 

@@ -101,5 +101,5 @@ def test_bad_stage_and_rerun_are_user_errors(tiny_model, chat_file, tmp_path):
         smolmac.train({"model": str(tiny_model), "stages": [{"name": "x"}]}, run_dir=tmp_path / "a")
     recipe = {"model": str(tiny_model), "data": {"train": str(chat_file)}, "stages": [{"method": "sft", "train": {"steps": 1}}]}
     smolmac.train(recipe, run_dir=tmp_path / "b")
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds this run; pass --resume"):
         smolmac.train(recipe, run_dir=tmp_path / "b")

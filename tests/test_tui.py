@@ -127,7 +127,8 @@ def test_i18n_detects_language_and_covers_every_string():
     assert i18n.detect_language({"LC_ALL": "it_CH", "LANG": "en_US"}) == "it"
     assert i18n.detect_language({}) == "en"
     table = json.loads((i18n.LOCALES / "it.json").read_text(encoding="utf-8"))
-    from smolmac.tui import memory, runner
+    from smolmac import memory
+    from smolmac.tui import runner
     from smolmac.tui.screens import chat, export, new_run, runs
 
     used = {runner.CRASHED, *memory.PARTS, *memory.SUGGESTIONS, *runs.STATUS_STYLE, *chat.MODES, *new_run.LABELS.values()}
@@ -195,28 +196,6 @@ def test_launcher_runs_children_in_their_own_session_and_stops_them_from_a_new_a
         time.sleep(0.05)
     assert "stopped" in (run_dir / "train.log").read_text() and "--run-dir" in (run_dir / "train.log").read_text()
     assert reopened.alive(run_dir) is False and not reopened.stop(run_dir)
-
-
-def test_memory_estimate_suggests_the_largest_batch_that_fits(tiny_model):
-    from smolmac.config import load_recipe
-    from smolmac.tui.memory import (
-        GRAD_CHECKPOINT,
-        SMALLER_BATCH,
-        estimate,
-        estimate_memory,
-        model_config,
-    )
-
-    cfg = load_recipe({"model": str(tiny_model), "train": {"batch_size": 8, "max_seq_len": 4096}})
-    mc = model_config(cfg)
-    assert mc["hidden_size"] == 64  # read from the local folder, nothing downloaded
-    peak = {b: estimate_memory(load_recipe(cfg, {"train": {"batch_size": b}}), mc, 1e9).total_gb for b in (3, 4, 8)}
-    assert peak[3] < peak[4] < peak[8]
-    est = estimate(cfg, budget_gb=(peak[3] + peak[4]) / 2)
-    assert not est.fits and est.total_gb == peak[8]
-    assert (SMALLER_BATCH, {"b": 3, "a": 3}) in est.suggestions and (GRAD_CHECKPOINT, {}) in est.suggestions
-    assert estimate(cfg, budget_gb=peak[8] + 0.01).suggestions == []
-    assert estimate(load_recipe({"model": "nobody/not-in-the-cache"})) is None
 
 
 # ---------------------------------------------------------------------------------------------

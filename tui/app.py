@@ -19,7 +19,6 @@ from smolmac.errors import UserError
 from smolmac.tui.dialogs.confirm import ConfirmDialog
 from smolmac.tui.dialogs.error import ErrorDialog
 from smolmac.tui.i18n import t
-from smolmac.tui.memory import machine_memory_gb
 from smolmac.tui.runner import Launcher, list_runs
 
 
@@ -51,7 +50,7 @@ class SmolmacApp(App):
         recipes_dir: folder of recipe YAML files offered by New run.
         launcher: starts/stops runs (default: child processes, see runner.Launcher).
         chat_backend: loads models and streams replies (default: chat_backend.MLXChatBackend).
-        memory_gb: memory available to a run (default: this machine's).
+        memory_gb: memory available to a run (default: smolmac.memory.budget_gb(), this machine's).
         list_models: returns the Hub ids offered for the model field (default: the HF cache).
     """
 
@@ -74,7 +73,7 @@ class SmolmacApp(App):
 
             chat_backend = MLXChatBackend()
         self.chat_backend = chat_backend
-        self.memory_gb = machine_memory_gb() if memory_gb is None else memory_gb
+        self.memory_gb = memory_gb
         self.list_models = list_models or cached_models
 
     def on_mount(self) -> None:

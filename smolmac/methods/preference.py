@@ -1,7 +1,5 @@
-"""Preference alignment: DPO and ORPO with TRL's definitions (SPECS §4-6), one model in memory.
-
-    smolmac train recipes/dpo-lora-smollm2-135m.yaml      # method: dpo
-    smolmac train recipes/orpo-lora-smollm2-135m.yaml     # method: orpo
+"""Preference data for DPO, ORPO and any pairwise method: rows to (chosen, rejected) token pairs,
+pair batches, and reference log-probs; methods/dpo.py and methods/orpo.py add their losses.
 
 Rows are `{prompt, chosen, rejected}` (strings or message lists) or the implicit
 `{chosen, rejected}` (the prompt is their longest common prefix). A pair is two token rows that
@@ -19,7 +17,6 @@ import hashlib
 import json
 import os
 import time
-from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -29,8 +26,8 @@ from mlx.utils import tree_unflatten
 from smolmac import data
 from smolmac.data import WHERE, Example, hf_tokenizer
 from smolmac.errors import UserError
-from smolmac.losses import completion_logps, dpo_batch_loss, orpo_batch_loss
-from smolmac.sft import load_split_rows, pad_id
+from smolmac.losses import completion_logps
+from smolmac.methods.sft import load_split_rows, pad_id
 from smolmac.trainer import Task
 
 # ---------------------------------------------------------------------------------------------
@@ -285,26 +282,7 @@ def cached_reference(model, batches: PairBatches, path: Path, model_id: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# The method
-
-
-def loss_for(cfg):
-    """The batch loss `(model, *arrays) -> (loss, n_pairs, metrics)` for cfg.method."""
-    if cfg.method == "dpo":
-        return partial(dpo_batch_loss, beta=cfg.dpo.beta, loss_type=cfg.dpo.loss, label_smoothing=cfg.dpo.label_smoothing)
-    return partial(orpo_batch_loss, beta=cfg.orpo.beta, nll=cfg.orpo.nll)
-
-
-def _check(cfg):
-    if cfg.method == "dpo":
-        if cfg.dpo.beta <= 0:
-            raise UserError(f"dpo.beta: must be positive, not {cfg.dpo.beta}; 0.1 is the usual value.")
-        if not 0 <= cfg.dpo.label_smoothing < 0.5:
-            raise UserError(f"dpo.label_smoothing: must be in [0, 0.5), not {cfg.dpo.label_smoothing}.")
-        if cfg.dpo.label_smoothing and cfg.dpo.loss != "sigmoid":
-            raise UserError(f"dpo.label_smoothing: applies only to dpo.loss: sigmoid, not {cfg.dpo.loss}; set it to 0.")
-    elif cfg.orpo.beta < 0:
-        raise UserError(f"orpo.beta: must not be negative, not {cfg.orpo.beta}; 0.1 is the usual value.")
+# The task (methods/dpo.py and methods/orpo.py give the loss)
 
 
 def build_pairs(tokenizer, rows: list[dict], cfg) -> tuple[PairBatches | None, dict]:
@@ -317,9 +295,14 @@ def build_pairs(tokenizer, rows: list[dict], cfg) -> tuple[PairBatches | None, d
     return PairBatches(pairs, t.batch_size, t.max_seq_len, t.seed, pad_id(tokenizer), counts["truncated"]), counts
 
 
-def build_task(cfg, model, tokenizer, run_dir) -> Task:
-    """DPO or ORPO (cfg.method) as a `train.Task`; DPO reference log-probs are cached in run_dir."""
-    _check(cfg)
+def build_pair_task(cfg, model, tokenizer, run_dir, loss_fn, reference: bool = False) -> Task:
+    """A preference method's `Task`: pair batches of the recipe's data and `loss_fn`.
+
+    Args:
+        loss_fn: `(model, inputs, targets, mask, valid[, ref_logps]) -> (loss, pairs, metrics)`.
+        reference: compute the reference log-probs (the weights with adapters taken out, or the
+            initial weights for full fine-tuning) once, cached as run_dir/ref_logps-*.npz.
+    """
     kind, rows, valid_rows = load_split_rows(cfg, cfg.method)
     if kind != "preference":
         raise UserError(f"{cfg.data.train}: method {cfg.method} needs preference rows with chosen and rejected columns (and optionally prompt), but the data is {kind}; map yours with data.columns.")
@@ -333,7 +316,7 @@ def build_task(cfg, model, tokenizer, run_dir) -> Task:
     notes = {"format": kind, "pairs_skipped_identical": counts["identical"], "pairs_dropped_long_prompt": counts["long_prompt"]}
     if valid_rows:
         notes["valid_pairs_skipped"] = valid_counts["identical"] + valid_counts["long_prompt"]
-    if cfg.method == "dpo":
+    if reference:
         model_id = json.dumps([cfg.model, cfg.train.dtype, cfg.full], sort_keys=True, default=str)
         tic, reused = time.perf_counter(), []
         for split, batches in (("train", train), ("valid", valid)):
@@ -342,157 +325,4 @@ def build_task(cfg, model, tokenizer, run_dir) -> Task:
                 reused.append(hit)
         notes["ref_logps"] = "reused" if all(reused) else "computed"
         notes["ref_logps_s"] = round(time.perf_counter() - tic, 2)
-    return Task(train, valid, loss_for(cfg), len(train.pairs), len(valid.pairs) if valid else 0, train.truncated, notes)
-
-
-def preference_accuracy(model, batches: PairBatches, loss_fn) -> float:
-    """Fraction of pairs whose chosen reply gets the higher implicit reward (held-out accuracy)."""
-    model.eval()
-    right, total = 0.0, 0.0
-    for arrays, _ in batches.once():
-        _, n, metrics = loss_fn(model, *[mx.array(a) for a in arrays])
-        right += metrics["rewards/accuracies"].item() * n.item()
-        total += n.item()
-    return right / max(total, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmark: `smolmac bench dpo`
-
-
-class _Repeat:
-    """One fixed micro-batch, forever (the `stream` interface of the loop); `times` records when
-    each step asked for its batch, so their differences are whole step times."""
-
-    def __init__(self, arrays, ntok):
-        self.arrays, self.ntok, self.times = arrays, ntok, []
-
-    def __len__(self):
-        return 1
-
-    def stream(self, start=0):
-        while True:
-            self.times.append(time.perf_counter())
-            yield self.arrays, self.ntok
-
-
-def _synthetic_pairs(vocab: int, n: int, max_len: int, seed: int) -> list[tuple[Example, Example]]:
-    """Random-token pairs filling max_len + 1 tokens: a quarter prompt, the rest completion."""
-    rng = np.random.default_rng(seed)
-    p = (max_len + 1) // 4
-    pairs = []
-    for _ in range(n):
-        prompt = rng.integers(4, vocab, p)
-        sides = [np.concatenate([prompt, rng.integers(4, vocab, max_len + 1 - p)]).astype(np.int32) for _ in range(2)]
-        mask = np.arange(max_len + 1) >= p
-        pairs.append((Example(sides[0], mask), Example(sides[1], mask.copy())))
-    return pairs
-
-
-def _time_steps(model, tcfg, arrays, ntok, loss_fn, steps: int, warmup: int) -> tuple[float, float]:
-    """Median seconds per optimizer step after `warmup` steps (compilation), and peak bytes."""
-    from smolmac.trainer import build_optimizer
-    from smolmac.trainer import train as train_loop
-
-    optimizer = build_optimizer(model, tcfg, warmup + steps + 1)
-    batches = _Repeat(arrays, ntok)
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    train_loop(model, optimizer, batches, loss_fn, total_steps=warmup + steps + 1, on_event=lambda e: None,
-               grad_clip=tcfg.grad_clip, report_every=1)
-    # median: robust to other processes taking the CPU for a moment
-    return float(np.median(np.diff(batches.times)[warmup:])), mx.get_peak_memory()
-
-
-def bench_dpo(size: str = "tiny", steps: int | None = None, batch_size: int = 8, on_message=print, *,
-              model: str | None = None, data_path: str | None = None, max_seq_len: int = 256, warmup: int = 2,
-              rounds: int = 2, full: bool = False, dtype: str = "float32", seed: int = 0) -> dict:
-    """DPO step time and peak memory against SFT on the same pairs and batch (`smolmac bench dpo`).
-
-    One micro-batch of `batch_size` pairs, (2B, L) for DPO, is trained for warmup + steps
-    optimizer steps with each loss through the same compiled loop, in one process, in `rounds`
-    rounds of rotating order; a config's time is its fastest round's median step. Baselines:
-    SFT on the same (2B, L) rows (chosen and rejected replies as SFT examples: the same tokens;
-    the targets apply to this one) and SFT on the (B, L) chosen rows alone. The one-off reference
-    pass is timed separately.
-
-    Args:
-        size: "tiny" or "135m": a random-weight model of that shape (smolmac.bench.SIZES).
-        steps: timed steps per round (default 10); `warmup` untimed ones come first.
-        batch_size: pairs per micro-batch.
-        on_message: receives the printed lines.
-        model: an mlx-lm model (Hub id or directory) instead of `size`.
-        data_path: preference data (file or Hub id); None = random-token pairs filling max_seq_len.
-        full: full fine-tuning instead of LoRA (default `lora` settings).
-    Returns:
-        dict with step seconds, peak GB, the ratios and the targets (time <= 2.2, memory <= 1.15).
-    """
-    import importlib.util
-    import tempfile
-
-    from smolmac.config import Config, DataConfig
-    from smolmac.lora import apply_lora
-    from smolmac.losses import lm_loss
-    from smolmac.models import load_model
-
-    steps = steps or 10
-    with tempfile.TemporaryDirectory() as tmp:
-        if model is None:
-            from smolmac.bench import make_fixture
-
-            model_dir = str(make_fixture(Path(tmp), size)[0])
-        else:
-            model_dir = model
-        cfg = Config(model=model_dir, method="dpo", full=full)
-        cfg.train.dtype, cfg.train.lr, cfg.train.schedule, cfg.train.max_seq_len = dtype, 1e-6, "constant", max_seq_len
-        net, tokenizer, _, _ = load_model(model_dir, dtype)
-    if full:
-        net.unfreeze()
-    else:
-        apply_lora(net, cfg.lora, seed=seed)
-    if data_path:
-        _, rows = data.prepare_rows(data.load_rows(data_path), DataConfig(), data_path)
-        pairs = tokenize_pairs(tokenizer, rows[: batch_size * 4], max_seq_len)[0][:batch_size]
-    else:
-        pairs = _synthetic_pairs(len(hf_tokenizer(tokenizer)), batch_size, max_seq_len, seed)
-    if len(pairs) < batch_size:
-        raise UserError(f"{data_path}: only {len(pairs)} usable pairs; the benchmark needs --batch-size {batch_size} of them.")
-    name = model or size
-    on_message(f"bench dpo ({name}, {'full' if full else 'LoRA r8 all-linear'}, {batch_size} pairs x {max_seq_len} tokens, {steps} steps) ...")
-    batches = PairBatches(pairs, batch_size, max_seq_len, seed, pad_id(tokenizer))
-    tic = time.perf_counter()
-    batches.ref = reference_logps(net, batches)
-    ref_s = time.perf_counter() - tic
-    (inputs, targets, mask, valid, ref), ntok = batches.make(batches.groups[0])
-    b = len(pairs)
-    runs = {
-        "sft": ((inputs, targets, mask), ntok, lm_loss),
-        "sft_chosen": ((inputs[:b], targets[:b], mask[:b]), int(valid[:b].sum()), lm_loss),
-        "dpo": ((inputs, targets, mask, valid, ref), ntok, loss_for(cfg)),
-    }
-    res = {"model": name, "mode": "full" if full else "lora", "dtype": dtype, "pairs_per_batch": b,
-           "seq_len": int(inputs.shape[1]), "steps": steps, "rounds": rounds}
-    keys = list(runs)
-    timings: dict[str, list] = {k: [] for k in keys}
-    for r in range(rounds):  # rotate the order: no config always runs first (or after another)
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            arrays, n, loss_fn = runs[key]
-            timings[key].append(_time_steps(net, cfg.train, arrays, n, loss_fn, steps, warmup))
-    on_message(f"{'loss on the batch':28} {'step s':>8} {'peak GB':>8}")
-    labels = {"sft": f"SFT, same {2 * b} rows", "sft_chosen": f"SFT, {b} chosen rows only", "dpo": f"DPO, {b} pairs"}
-    for key in keys:
-        sec, peak = min(t for t, _ in timings[key]), max(m for _, m in timings[key])
-        res[f"{key}_step_s"], res[f"{key}_peak_gb"] = round(sec, 5), round(peak / 1e9, 4)
-        on_message(f"{labels[key]:28} {sec:8.4f} {peak / 1e9:8.4f}")
-    res["time_ratio"] = round(res["dpo_step_s"] / res["sft_step_s"], 3)
-    res["memory_ratio"] = round(res["dpo_peak_gb"] / res["sft_peak_gb"], 3)
-    res["time_ratio_vs_chosen_only"] = round(res["dpo_step_s"] / res["sft_chosen_step_s"], 3)
-    res["memory_ratio_vs_chosen_only"] = round(res["dpo_peak_gb"] / res["sft_chosen_peak_gb"], 3)
-    res["ref_logps_s"] = round(ref_s, 4)
-    res["targets"] = {"time_ratio": 2.2, "memory_ratio": 1.15}
-    res["mlx_lm_lora"] = "installed, not compared" if importlib.util.find_spec("mlx_lm_lora") else "not installed"
-    on_message(f"DPO/SFT on the same rows: {res['time_ratio']:.2f}x step time (target <= 2.2), "
-               f"{res['memory_ratio']:.2f}x peak memory (target <= 1.15); vs SFT on the chosen rows only: "
-               f"{res['time_ratio_vs_chosen_only']:.2f}x, {res['memory_ratio_vs_chosen_only']:.2f}x")
-    on_message(f"reference log-probs: {ref_s:.2f} s once for {b} pairs (cached per run); mlx-lm-lora: {res['mlx_lm_lora']}")
-    return res
+    return Task(train, valid, loss_fn, len(train.pairs), len(valid.pairs) if valid else 0, train.truncated, notes)

@@ -1,5 +1,5 @@
-"""Pretraining from scratch: the tokenizer stage, `{new: {preset: ...}}` models, a token cache of
-packed sequences, and the compute estimates (parameters, memory, MFU) printed before training.
+"""Pretraining from scratch: documents, `{new: {preset: ...}}` models, a token cache of packed
+sequences, and the task (next-token prediction, full parameters, MFU reported at each eval).
 
     smolmac train recipes/quickstart.yaml          # tokenizer -> pretrain -> sft -> orpo
     smolmac train recipe.yaml --set method=pretrain --set model.new.preset=micro
@@ -22,12 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smolmac import events as ev
 from smolmac.errors import UserError
 from smolmac.quickstart import resolve as resolve_path
-
-TOKENIZER_DOC_CAP = 200_000  # documents read from a streamed Hub dataset to train a tokenizer
-
 
 # ---------------------------------------------------------------------------------------------
 # Documents: local files/folders (via smolmac.data) or Hub datasets (streamed)
@@ -90,74 +86,7 @@ def load_documents(spec: str, data_cfg, split: str, tokenizer=None, limit: int |
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer stage and new models
-
-
-def tokenizer_corpus(cfg) -> str:
-    spec = cfg.tokenizer.data or cfg.data.train
-    if not spec:
-        raise UserError("tokenizer.data: no corpus to train the tokenizer on; set tokenizer.data or data.train (or reuse one with tokenizer.path).")
-    return spec
-
-
-def train_tokenizer_from(cfg, out_dir: Path) -> dict:
-    """Train `cfg.tokenizer` on its corpus into `out_dir`; returns what was learned."""
-    from smolmac.tokenizer import train_tokenizer
-
-    spec = tokenizer_corpus(cfg)
-    limit = cfg.data.max_rows or (None if _is_local(resolve_path(spec)) else TOKENIZER_DOC_CAP)
-    texts = list(load_documents(spec, cfg.data, cfg.data.split, limit=limit))
-    train_tokenizer(texts, out_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.type, source=str(spec))
-    return {"vocab_size": _vocab_size(out_dir), "documents": len(texts), "chars_per_token": chars_per_token(out_dir, texts)}
-
-
-def _vocab_size(tok_dir: Path) -> int:
-    from transformers import AutoTokenizer
-
-    return len(AutoTokenizer.from_pretrained(str(tok_dir)))
-
-
-def chars_per_token(tok_dir: Path, texts: list[str], sample: int = 2000) -> float:
-    """Compression of the tokenizer on (a sample of) the corpus: characters per token."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    texts = texts[:sample]
-    ids = tok(texts, add_special_tokens=False)["input_ids"]
-    return round(sum(map(len, texts)) / max(sum(map(len, ids)), 1), 3)
-
-
-def run_tokenizer_stage(cfg, run_dir: Path, resume: bool = False, on_event=None):
-    """`method: tokenizer`: train a tokenizer into `run_dir/tokenizer`, with start/done events."""
-    from smolmac.runs import Run
-
-    run_dir = Path(run_dir)
-    out = run_dir / "tokenizer"
-    started = (run_dir / "events.jsonl").exists()
-    if started and not resume:
-        raise UserError(f"--run-dir: {run_dir} already holds a run; pass --resume to continue it or choose another --run-dir.")
-    if resume and _done_event(run_dir) and (out / "tokenizer.json").is_file():
-        return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # finished: nothing to redo
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    log = ev.EventLog(run_dir / "events.jsonl", on_event)
-    tic = time.perf_counter()
-    try:
-        log(ev.Start(step=0, total_steps=0, method="tokenizer", model="", trainable_params=0, total_params=0,
-                     train_rows=0, valid_rows=0, extra={"vocab_size": cfg.tokenizer.vocab_size, "tokenizer_type": cfg.tokenizer.type}))
-        learned = train_tokenizer_from(cfg, out)
-        log(ev.Done(step=0, output=str(out), elapsed_s=round(time.perf_counter() - tic, 2), extra=learned))
-    except Exception as e:
-        log(ev.Error(step=0, message=str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"))
-        raise
-    finally:
-        log.close()
-    return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))
-
-
-def _done_event(run_dir: Path) -> dict | None:
-    events = ev.read_events(Path(run_dir) / "events.jsonl")
-    return events[-1] if events and events[-1]["type"] == "done" else None
+# New models
 
 
 def check_context(cfg, model_config: dict):
@@ -193,6 +122,8 @@ def build_new_model(cfg, run_dir: Path) -> Path:
             except OSError as e:
                 raise UserError(f"tokenizer.path: cannot load a tokenizer from '{src}' ({str(e).splitlines()[0]}); give a tokenizer directory or a Hub id.") from None
     elif not (tok_dir / "tokenizer.json").is_file():
+        from smolmac.methods.tokenizer import train_tokenizer_from
+
         train_tokenizer_from(cfg, tok_dir)
     return new_model(spec, tok_dir, init, seed=cfg.train.seed)
 
@@ -372,81 +303,6 @@ class PackedBatches:
             yield self.make(range(j, min(j + self.batch_size, self.n_seq)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Compute estimates: parameters, memory, FLOPs, MFU
-
-
-def model_config_of(cfg_or_config, vocab_size: int | None = None) -> dict:
-    """An HF Llama config dict from a Config with `model: {new: ...}` or an HF config dict."""
-    from smolmac.models import preset_config
-
-    if isinstance(cfg_or_config, dict):
-        return cfg_or_config
-    spec = dict((cfg_or_config.model or {}).get("new") or {}) if isinstance(cfg_or_config.model, dict) else None
-    if spec is None:
-        raise UserError("model: estimate() needs {new: {preset: ...}} or a model config dict.")
-    return preset_config(spec, vocab_size or cfg_or_config.tokenizer.vocab_size, None, None, None)
-
-
-def flops_per_token(config: dict, seq_len: int, trainable_fraction: float = 1.0) -> float:
-    """Training FLOPs per token: 6N + 12*L*H*Q*T (nanoGPT/PaLM); LoRA drops weight grads (4N)."""
-    from smolmac.models import count_params
-
-    n = count_params(config)
-    layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
-    q = config.get("head_dim") or config["hidden_size"] // heads
-    dense = 6 * n if trainable_fraction >= 1.0 else 4 * n
-    return float(dense + 12 * layers * heads * q * seq_len)
-
-
-def estimate(cfg_or_config, batch_size: int | None = None, seq_len: int | None = None,
-             vocab_size: int | None = None, bytes_per_value: int = 4) -> dict:
-    """Parameter count, FLOPs per token and peak memory (smolmac.memory's fitted estimate) of
-    full training, before the model (or even its tokenizer) exists.
-
-    Args:
-        cfg_or_config: a Config (`model: {new: ...}`, uses train.batch_size/max_seq_len) or an
-            HF config dict.
-        vocab_size: for a Config whose tokenizer is not built yet (default tokenizer.vocab_size).
-    """
-    from smolmac.memory import estimate as memory_estimate
-    from smolmac.models import count_params
-
-    config = model_config_of(cfg_or_config, vocab_size)
-    if not isinstance(cfg_or_config, dict):
-        batch_size = batch_size or cfg_or_config.train.batch_size
-        seq_len = seq_len or cfg_or_config.train.max_seq_len
-    batch_size, seq_len = batch_size or 1, seq_len or min(config["max_position_embeddings"], 1024)
-    memory = memory_estimate(config, batch_size, seq_len, lora_rank=None, dtype_bytes=bytes_per_value)
-    return {"params": count_params(config), "memory_gb": round(memory["total_gb"], 3),
-            "flops_per_token": flops_per_token(config, seq_len), "batch_size": batch_size, "seq_len": seq_len}
-
-
-_PEAK: float | None = None
-
-
-def peak_flops() -> float:
-    """Measured matmul throughput of this machine (FLOP/s): best of a few float32 1024^2 matmuls."""
-    global _PEAK
-    if _PEAK is None:
-        import mlx.core as mx
-
-        a = mx.random.normal((1024, 1024))
-        mx.eval(a @ a)  # warm-up (kernel compilation)
-        best = float("inf")
-        for _ in range(5):
-            tic = time.perf_counter()
-            mx.eval(a @ a)
-            best = min(best, time.perf_counter() - tic)
-        _PEAK = 2 * 1024**3 / best
-    return _PEAK
-
-
-def mfu(tokens_per_second: float, flops_token: float, peak: float) -> float:
-    """Model FLOPs utilisation: achieved training FLOP/s over the measured matmul peak."""
-    return tokens_per_second * flops_token / max(peak, 1.0)
-
-
 def _pace(batches: PackedBatches, since: float) -> float | None:
     """Training tokens/s from the stream's own clock: the gaps between consecutive micro-batches,
     skipping the first of the process (compilation) and any gap that contains an evaluation."""
@@ -465,8 +321,10 @@ def _pace(batches: PackedBatches, since: float) -> float | None:
 
 def build_task(cfg, model, tokenizer, run_dir):
     """`method: pretrain`: packed next-token prediction on a text corpus (full parameters)."""
+    from smolmac.evaluation import evaluate_loss
+    from smolmac.flops import flops_per_token, mfu, model_dims, peak_flops
     from smolmac.losses import lm_loss
-    from smolmac.trainer import Task, evaluate_loss, list_checkpoints
+    from smolmac.trainer import Task, list_checkpoints
 
     t = cfg.train
     train_tokens, valid_tokens, meta = token_cache(cfg, tokenizer, Path(run_dir))
@@ -477,15 +335,13 @@ def build_task(cfg, model, tokenizer, run_dir):
         raise UserError(f"data.valid: the validation text has {len(valid_tokens)} tokens, fewer than one sequence of {need}; use a larger data.valid fraction or lower train.max_seq_len.")
     train = PackedBatches(train_tokens, t.max_seq_len, t.batch_size, t.seed)
     valid = PackedBatches(valid_tokens, t.max_seq_len, t.batch_size, t.seed) if valid_tokens is not None else None
-    config = _config_of(model)
+    config = model_dims(model)
     notes = {"train_tokens": int(meta["train_tokens"]), "valid_tokens": int(meta["valid_tokens"]),
              "sequences": train.n_seq, "documents": int(meta["train_docs"])}
     flops_token = None
     if config:
-        est = estimate(config, t.batch_size, t.max_seq_len)
-        flops_token = est["flops_per_token"]
-        notes.update(params=est["params"], flops_per_token=flops_token,  # memory: runs.py's plan
-                     peak_tflops=round(peak_flops() / 1e12, 4))
+        flops_token = flops_per_token(config, t.max_seq_len)
+        notes.update(flops_per_token=flops_token, peak_tflops=round(peak_flops() / 1e12, 4))
     if valid is not None and not list_checkpoints(Path(run_dir) / "checkpoints"):
         # Val loss of the untrained model: the "before" of what pretraining learned.
         loss, _ = evaluate_loss(model, valid, lm_loss, cfg.eval.batches)
@@ -503,14 +359,3 @@ def build_task(cfg, model, tokenizer, run_dir):
     return Task(train, valid, lm_loss, int(meta["train_docs"]), valid_rows, 0, notes=notes, evaluate_extra=extra)
 
 
-def _config_of(model) -> dict | None:
-    """HF-style dims of an mlx-lm Llama-like model (for FLOPs), or None if unknown."""
-    args = getattr(model, "args", None)
-    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
-    if args is None or not all(hasattr(args, k) for k in needed):
-        return None
-    config = {k: getattr(args, k) for k in needed}
-    config["head_dim"] = getattr(args, "head_dim", None) or config["hidden_size"] // config["num_attention_heads"]
-    config["tie_word_embeddings"] = getattr(args, "tie_word_embeddings", True)
-    config["max_position_embeddings"] = getattr(args, "max_position_embeddings", None) or 2048
-    return config
