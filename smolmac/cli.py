@@ -239,13 +239,11 @@ def cmd_runs(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from smolmac.runs import read_run
+    from smolmac.launcher import Launcher, list_runs
 
-    root = Path(args.dir)
     table = Table("run", "status", "method", "model", "step", "loss")
-    for d in sorted(p for p in root.glob("*") if (p / "config.yaml").is_file()) if root.is_dir() else []:
-        r = read_run(d)
-        table.add_row(d.name, r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
+    for r in list_runs(args.dir, Launcher()):
+        table.add_row(r["name"], r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
     Console().print(table)
     return 0
 

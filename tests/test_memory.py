@@ -14,7 +14,7 @@ from smolmac.models import preset_config
 TABLE = Path(__file__).parent.parent / "benchmarks" / "memory_table.py"
 
 
-@pytest.mark.parametrize("point", ["micro 2048 4 256 lora 0", "mini 4096 2 512 full 1"])
+@pytest.mark.parametrize("point", ["micro 2048 4 256 lora 0", pytest.param("mini 4096 2 512 full 1", marks=pytest.mark.slow)])
 def test_estimate_within_15_percent_of_measured(point):
     out = subprocess.run([sys.executable, str(TABLE), *point.split()], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr

@@ -9,11 +9,12 @@ import pytest
 from conftest import corpus
 
 import smolmac
+from smolmac.batches import PackedBatches
 from smolmac.config import load_recipe
 from smolmac.errors import UserError
 from smolmac.flops import flops_per_token
 from smolmac.memory import estimate, model_config
-from smolmac.methods.pretrain import PackedBatches, build_new_model, token_cache
+from smolmac.methods.pretrain import build_new_model, token_cache
 from smolmac.models import PRESETS, count_params, preset_config
 
 VARIED = [

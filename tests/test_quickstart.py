@@ -27,6 +27,7 @@ def test_recipes_validate():
         assert [s["method"] for s in cfg.stages] == ["tokenizer", "pretrain", "sft", "orpo"]
 
 
+@pytest.mark.slow
 def test_quickstart_every_stage_improves(quickstart):
     metrics = {e["name"]: e["metrics"] for e in quickstart.events if e["type"] == "metrics"}
     assert metrics["tokenizer"]["vocab_size"] == 416
@@ -50,6 +51,7 @@ def test_quickstart_every_stage_improves(quickstart):
     assert (quickstart.dir / "2-pretrain" / "tokens" / "train.bin").is_file()
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages(quickstart):
     run = smolmac.train(run_dir=quickstart.dir, resume=True)
     statuses = [e["status"] for e in run.events[len(quickstart.events):] if e["type"] == "stage"]

@@ -15,11 +15,10 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from smolmac.errors import UserError
+from smolmac.launcher import Launcher, list_runs
 from smolmac.tui.dialogs.confirm import ConfirmDialog
-from smolmac.tui.dialogs.error import ErrorDialog
+from smolmac.tui.dialogs.error import ErrorDialog, describe_error
 from smolmac.tui.i18n import t
-from smolmac.tui.runner import Launcher, list_runs
 
 
 def cached_models() -> list[str]:
@@ -31,15 +30,6 @@ def cached_models() -> list[str]:
     except Exception:  # no cache dir, unreadable cache: nothing to list
         return []
     return sorted(r.repo_id for r in info.repos if r.repo_type == "model")
-
-
-def describe_error(error: BaseException) -> str:
-    """The one sentence a modal shows for an exception."""
-    if isinstance(error, UserError):
-        return str(error)
-    if isinstance(error, ImportError) and getattr(error, "name", "") and error.name.startswith("smolmac"):
-        return t("{module} is not available in this installation; update smolmac.", module=error.name)
-    return f"{type(error).__name__}: {error}"
 
 
 class SmolmacApp(App):

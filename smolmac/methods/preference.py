@@ -24,6 +24,7 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from smolmac import data
+from smolmac.batches import Batches, pad_to
 from smolmac.data import WHERE, Example, hf_tokenizer
 from smolmac.errors import UserError
 from smolmac.losses import completion_logps
@@ -170,10 +171,10 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_len: int) -> tuple[list[tupl
 # Batches: chosen and rejected rows stacked on the batch axis, one forward pass per pair batch
 
 
-class PairBatches(data.Batches):
+class PairBatches(Batches):
     """Length-bucketed, resumable micro-batches of preference pairs.
 
-    Same ordering and interface as `data.Batches` (shared `stream`, `once`, `__len__`): groups of
+    Same ordering and interface as `Batches` (shared `stream`, `once`, `__len__`): groups of
     `batch_size` pairs of similar length, their order shuffled per epoch with a seed, so position
     k of the stream is the same on every run. Each micro-batch is
     (inputs (2B, L) int32, targets (2B, L) int32, completion mask (2B, L) float32,
@@ -192,7 +193,7 @@ class PairBatches(data.Batches):
 
     def make(self, group: list[int], with_ref: bool = True):
         rows = [self.pairs[i][0] for i in group] + [self.pairs[i][1] for i in group]
-        width = data.pad_to(max(len(e.tokens) for e in rows) - 1, cap=self.max_len)
+        width = pad_to(max(len(e.tokens) for e in rows) - 1, cap=self.max_len)
         inputs = np.full((len(rows), width), self.pad_id, np.int32)
         targets = np.full((len(rows), width), self.pad_id, np.int32)
         mask = np.zeros((len(rows), width), np.float32)

@@ -17,73 +17,14 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from smolmac.batches import PackedBatches, pace
+from smolmac.data import is_local, load_documents
 from smolmac.errors import UserError
 from smolmac.quickstart import resolve as resolve_path
-
-# ---------------------------------------------------------------------------------------------
-# Documents: local files/folders (via smolmac.data) or Hub datasets (streamed)
-
-
-def _is_local(spec: str) -> bool:
-    from smolmac.data import FILE_TYPES
-
-    p = Path(spec).expanduser()
-    return p.exists() or spec.startswith((".", "/", "~")) or p.suffix.lower() in FILE_TYPES
-
-
-def _row_text(row: dict, tokenizer, where: str) -> str:
-    """A language-modelling row (SPECS §6): `text`, or `messages` rendered with the chat template."""
-    from smolmac.data import WHERE, normalise_messages, render
-
-    if isinstance(row.get("text"), str):
-        return row["text"]
-    if "messages" in row and tokenizer is not None:
-        return render(tokenizer, normalise_messages(row["messages"], row.get(WHERE, where)))
-    keys = sorted(set(row) - {WHERE})
-    raise UserError(f"{row.get(WHERE, where)}: pretraining needs a 'text' column (or 'messages'), the row has {keys}; map yours with data.columns, e.g. {{text: content}}.")
-
-
-def load_documents(spec: str, data_cfg, split: str, tokenizer=None, limit: int | None = None) -> Iterator[str]:
-    """Yield document texts from a local file/folder or a Hub dataset id (streamed).
-
-    Args:
-        spec: path, folder, `quickstart:NAME` or Hub dataset id.
-        data_cfg: the recipe's data section (columns, config).
-        split: Hub split name.
-        tokenizer: renders `messages` rows with its chat template (None: text rows only).
-        limit: stop after this many documents.
-    """
-    from smolmac import data
-
-    spec = resolve_path(spec)
-    if _is_local(spec):
-        rows = data.load_rows(spec)
-        if not rows:
-            raise UserError(f"{spec}: the corpus is empty; give a file with some text.")
-        rows = data._map_columns(rows, data_cfg.columns)
-        if not any(isinstance(r.get("text"), str) and r["text"].strip() or r.get("messages") for r in rows):
-            raise UserError(f"{spec}: the corpus has no text; give a file with some text (or map your column with data.columns).")
-        for row in rows[:limit]:
-            yield _row_text(row, tokenizer, spec)
-        return
-    import datasets
-
-    datasets.disable_progress_bars()
-    try:  # streaming: a large Hub corpus is read as it is tokenised, never downloaded whole
-        ds = datasets.load_dataset(spec, data_cfg.config, split=split, streaming=True)
-    except Exception as e:
-        raise UserError(f"data: could not open the Hub dataset '{spec}' split '{split}' ({str(e).splitlines()[0]}); check the id, data.config and data.split.") from None
-    for i, row in enumerate(ds):
-        if limit is not None and i >= limit:
-            return
-        row = data._map_columns([dict(row)], data_cfg.columns)[0]
-        yield _row_text(row, tokenizer, f"{spec}[{split}][{i}]")
-
 
 # ---------------------------------------------------------------------------------------------
 # New models
@@ -190,7 +131,7 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
         "tokenizer": hashlib.sha1(tok_json).hexdigest(), "dtype": np.dtype(dtype).name,
     }
     train_spec = resolve_path(d.train)
-    streamed = not _is_local(train_spec)
+    streamed = not is_local(train_spec)
     if streamed and cfg.train.steps:  # stream only as many tokens as the steps will consume
         key["budget"] = cfg.train.steps * cfg.train.grad_accum * cfg.train.batch_size * cfg.train.max_seq_len + 1
     out = Path(run_dir) / "tokens"
@@ -259,62 +200,6 @@ def _stream_split(docs, fraction: float, seed: int):
     return train_part(), valid
 
 
-class PackedBatches:
-    """Fixed-length sequences cut from a token stream, batched; same interface as data.Batches.
-
-    Sequence i is tokens[i*T : i*T + T + 1] (T = max_seq_len), so every token is a target once.
-    The order of sequences is a seeded permutation per epoch: micro-batch k of the stream is the
-    same on every run, which makes resume exact without storing the order.
-    Micro-batches are (inputs (B, T) int32, targets (B, T) int32, mask (B, T) float32).
-    """
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
-        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
-        self.n_seq = (len(tokens) - 1) // seq_len
-        self.per_epoch = max(self.n_seq // batch_size, 1) if self.n_seq else 0
-        self.truncated = 0
-        self.real_tokens = self.n_seq * seq_len
-        self.yields: list[tuple[float, int]] = []  # (time, tokens) of recent micro-batches (MFU)
-
-    def __len__(self):
-        return self.per_epoch
-
-    def make(self, idx) -> tuple[tuple, int]:
-        T = self.seq_len
-        seqs = np.stack([np.asarray(self.tokens[i * T : i * T + T + 1], dtype=np.int32) for i in idx])
-        inputs, targets = seqs[:, :-1], seqs[:, 1:]
-        return (inputs, targets, np.ones(inputs.shape, np.float32)), inputs.size
-
-    def stream(self, start: int = 0):
-        """Yield (arrays, n_tokens) forever, from micro-batch number `start`."""
-        B, k = min(self.batch_size, self.n_seq), start
-        while True:
-            epoch, pos = divmod(k, self.per_epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_seq)
-            for j in range(pos, self.per_epoch):
-                batch = self.make(order[j * B : (j + 1) * B])
-                self.yields = self.yields[-255:] + [(time.perf_counter(), batch[1])]
-                yield batch
-                k += 1
-
-    def once(self):
-        """Every sequence once, in order (evaluation)."""
-        for j in range(0, self.n_seq, self.batch_size):
-            yield self.make(range(j, min(j + self.batch_size, self.n_seq)))
-
-
-def _pace(batches: PackedBatches, since: float) -> float | None:
-    """Training tokens/s from the stream's own clock: the gaps between consecutive micro-batches,
-    skipping the first of the process (compilation) and any gap that contains an evaluation."""
-    ys = batches.yields
-    gaps = [(b[0] - a[0], a[1]) for a, b in zip(ys, ys[1:]) if a[0] >= since]
-    if len(gaps) > 1:
-        gaps = gaps[1:] if ys[0][0] < since + 1e-9 else gaps
-        gaps = sorted(gaps)[: max(1, int(len(gaps) * 0.9))]  # the slowest tenth held evals/events
-        return sum(t for _, t in gaps) / max(sum(d for d, _ in gaps), 1e-9)
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # The task
 
@@ -349,7 +234,7 @@ def build_task(cfg, model, tokenizer, run_dir):
     clock = {"since": time.perf_counter()}
 
     def extra(_model) -> dict:
-        tps = _pace(train, clock["since"])
+        tps = pace(train, clock["since"])
         clock["since"] = time.perf_counter()
         if tps is None or flops_token is None:
             return {}

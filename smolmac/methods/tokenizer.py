@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from smolmac import events as ev
+from smolmac.data import is_local, load_documents
 from smolmac.errors import UserError
-from smolmac.methods.pretrain import _is_local, load_documents
 from smolmac.quickstart import resolve as resolve_path
 
 TOKENIZER_DOC_CAP = 200_000  # documents read from a streamed Hub dataset to train a tokenizer
@@ -29,7 +29,7 @@ def train_tokenizer_from(cfg, out_dir: Path) -> dict:
     from smolmac.tokenizer import train_tokenizer
 
     spec = tokenizer_corpus(cfg)
-    limit = cfg.data.max_rows or (None if _is_local(resolve_path(spec)) else TOKENIZER_DOC_CAP)
+    limit = cfg.data.max_rows or (None if is_local(resolve_path(spec)) else TOKENIZER_DOC_CAP)
     texts = list(load_documents(spec, cfg.data, cfg.data.split, limit=limit))
     train_tokenizer(texts, out_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.type, source=str(spec))
     return {"vocab_size": _vocab_size(out_dir), "documents": len(texts), "chars_per_token": chars_per_token(out_dir, texts)}

@@ -19,10 +19,10 @@ from textual.widgets import Footer, Header, Input, Label, RichLog, Select, Stati
 from textual.worker import Worker, WorkerState
 
 from smolmac.export import EXPORTERS
+from smolmac.launcher import list_runs
 from smolmac.tui.dialogs.confirm import ConfirmDialog
 from smolmac.tui.i18n import t
 from smolmac.tui.messages import JobDone, JobLog
-from smolmac.tui.runner import list_runs
 
 FORMATS = tuple((name, e.help) for name, e in EXPORTERS.items())  # from the engine's registry
 DTYPES = ("float32", "float16", "bfloat16")

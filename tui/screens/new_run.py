@@ -33,12 +33,12 @@ from textual.widgets import (
 )
 
 from smolmac import config as C
+from smolmac.launcher import RECIPE_FILE
 from smolmac.methods import METHODS
 from smolmac.tui.dialogs.confirm import ConfirmDialog
 from smolmac.tui.dialogs.prompt import PromptDialog
 from smolmac.tui.i18n import t
 from smolmac.tui.messages import MemoryReady, ModelsListed, PreviewReady
-from smolmac.tui.runner import RECIPE_FILE
 from smolmac.tui.widgets.config_form import (
     SPECS,
     FieldRow,
@@ -296,7 +296,7 @@ class NewRunScreen(Screen):
         try:
             preview = load_preview(cfg)
         except Exception as e:  # a UserError about the data, shown in the Data tab
-            from smolmac.tui.app import describe_error
+            from smolmac.tui.dialogs.error import describe_error
 
             preview = {"error": describe_error(e), "source": cfg.data.train}
         self.post_message(PreviewReady(preview))
