@@ -43,7 +43,7 @@ class DataConfig:
     config: str | None = _f(None, "Hub dataset configuration name (the second argument of datasets.load_dataset).")
     split: str = _f("train", "Split of a Hub dataset used for training.")
     valid_split: str | None = _f(None, "Split of a Hub dataset used for validation (e.g. 'test').")
-    max_rows: int | None = _f(None, "Use at most this many training rows (after shuffling with train.seed).")
+    max_rows: int | None = _f(None, "Use at most the first N training rows (in file order, before a validation fraction is split off).")
 
 
 @dataclass

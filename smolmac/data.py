@@ -1,4 +1,4 @@
-"""Data: load rows from files or the Hub, detect the format (SPECS §6), tokenise with the chat
+"""Data: load rows from files or the Hub, detect the format (TRL's dataset formats), tokenise with the chat
 template and a loss mask over every assistant turn, and batch with real length bucketing.
 
 Every row keeps where it came from (`file:line`) so that errors can name it.
@@ -150,7 +150,7 @@ def _map_columns(rows: list[dict], columns: dict) -> list[dict]:
 
 
 def detect_format(row: dict, where: str = "data") -> str:
-    """SPECS §6: text, messages, prompt_completion or preference, from a row's keys."""
+    """TRL's dataset formats: text, messages, prompt_completion or preference, from a row's keys."""
     keys = set(row) - {WHERE}
     if {"chosen", "rejected"} <= keys:
         return "preference"
@@ -364,7 +364,7 @@ def is_local(spec: str) -> bool:
 
 
 def _row_text(row: dict, tokenizer, where: str) -> str:
-    """A language-modelling row (SPECS §6): `text`, or `messages` rendered with the chat template."""
+    """A language-modelling row (TRL's dataset formats): `text`, or `messages` rendered with the chat template."""
     if isinstance(row.get("text"), str):
         return row["text"]
     if "messages" in row and tokenizer is not None:

@@ -148,7 +148,7 @@ def _table(rows: dict, head: tuple[str, str]) -> str:
 
 
 def model_card(info: dict, repo_id: str | None = None) -> str:
-    """README.md for an export: SPECS §7 front matter, description, usage, training, results.
+    """README.md for an export: the Hub's model-card front matter, description, usage, training, results.
 
     Args:
         info: the export's smolmac.json (see `card_info`).
