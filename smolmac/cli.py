@@ -10,7 +10,8 @@
     smolmac bench sft|dpo|pretrain
     smolmac runs                             # list runs
 
-Every user error ends in one sentence on stderr and exit code 2.
+Exit codes: 0 done; 2 a user error (one sentence on stderr); 3 `train` stopped by Ctrl-C,
+SIGTERM or SIGHUP after saving a checkpoint (continue with --resume); 130 a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from smolmac.errors import UserError
 
+EXIT_STOPPED = 3  # train stopped on a signal after checkpointing: resume it with --resume
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
@@ -31,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
     t.add_argument("recipe", nargs="?", help="Recipe YAML (not needed with --resume DIR).")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable).")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable); with --resume only train.lr, train.steps, train.epochs, train.report_every, train.early_stopping, eval.every, eval.batches, save.every and save.keep.")
     t.add_argument("--run-dir", help="Run directory (default runs/<recipe>-<timestamp>).")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR", help="Continue the run in DIR (or --run-dir) from its last checkpoint.")
     out = t.add_mutually_exclusive_group()
@@ -42,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="Stream a completion from a model (optionally with an adapter).")
     g.add_argument("--model", required=True, help="Hub id or local model directory.")
     g.add_argument("--adapter", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir.")
+    g.add_argument("--pick", choices=["last", "best"], default="last", help="With a run dir: its last weights (default) or the best evaluation's (save.best).")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
     g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
     g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
@@ -55,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, choices=list(EXPORTERS), help="; ".join(f"{k}: {v.help}" for k, v in EXPORTERS.items()) + ".")
     e.add_argument("--to", required=True, help="Output directory.")
     e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the model's).")
-    e.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
+    e.add_argument("--overwrite", action="store_true", help="Replace an earlier export in OUT (only a folder `smolmac export` wrote, holding nothing else).")
+    e.add_argument("--pick", choices=["last", "best"], default="last", help="The run's last weights (default) or the best evaluation's (save.best: adapter-best/, model-best/).")
 
     u = sub.add_parser("upload", help="Upload an export to the Hugging Face Hub.")
     u.add_argument("dir", help="An export directory (from `smolmac export`).")
@@ -93,7 +98,7 @@ def _print_keys():
 class ProgressView:
     """Renders events with a rich progress bar (loss, tok/s, memory, ETA)."""
 
-    def __init__(self):
+    def __init__(self, run_dir: str | Path | None = None):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -109,6 +114,7 @@ class ProgressView:
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.task = None
+        self.run_dir = run_dir
 
     def __enter__(self):
         self.progress.start()
@@ -147,8 +153,39 @@ class ProgressView:
             log(f"[bold]{e['stage']}-{e['name']}[/]: {stage_rows([e])[0]['learned']}")
         elif kind == "stage" and e.get("status") not in ("finished",):
             log(f"[bold]stage {e['stage']}-{e['name']}[/] ({e['method']}): {e['status']}")
-        elif kind == "done":
-            log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
+        elif kind == "warning":
+            log(f"[yellow]warning:[/] {e['message']}", highlight=False)
+        elif kind == "config":
+            log("resuming with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in e["changes"].items()), highlight=False)
+        elif kind == "best":
+            log(f"[dim]step {e['step']}: best {e['metric']} {e['value']:.4g} → {e['path']}[/]")
+        elif kind == "done" and not (e.get("stopped") and "stage" in e):  # a pipeline says where it stopped
+            if e.get("stopped"):
+                log(f"[yellow]stopped[/] at step {e['step']}; continue with `smolmac train --resume {self.run_dir or Path(e['output']).parent}`", highlight=False)
+            else:
+                why = f" ({e['reason']})" if e.get("reason") else ""
+                best = f"; best {e['best_metric']} {e['best_value']:.4g} at step {e['best_step']} → {e['best_output']}" if e.get("best_output") else ""
+                log(f"[green]done[/]{why} → {e['output']}{best}", highlight=False)
+
+
+def _on_stop_signals(stop: threading.Event):
+    """Ctrl-C, SIGTERM (kill, the app's or a scheduler's stop) and SIGHUP (the terminal closed)
+    all ask the run to checkpoint and stop; a second Ctrl-C interrupts at once."""
+
+    def handler(signum, frame):
+        if signum == signal.SIGHUP:  # the terminal is gone: printing to it would fail
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
 
 
 def cmd_train(args) -> int:
@@ -165,48 +202,41 @@ def cmd_train(args) -> int:
     if not resume and not args.recipe:
         raise UserError("train: give a recipe, e.g. smolmac train recipes/quickstart.yaml.")
     if resume:
-        cfg_path = Path(run_dir) / "config.yaml"
-        if not cfg_path.is_file():
-            raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a run directory.")
-        cfg = load_recipe(cfg_path, args.overrides)
+        cfg = runs.read_config(run_dir)  # the saved recipe; --set keys are checked by api.run
+        run_dir = Path(run_dir)
     else:
         cfg = load_recipe(args.recipe, args.overrides)
-    run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
+        run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
+    overrides = args.overrides if resume else None
 
     stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_sigint)
+    _on_stop_signals(stop)
     if args.json:
         def show(e):
             print(json.dumps(e, ensure_ascii=False), flush=True)
-        api.run(cfg, run_dir, resume=resume, on_event=show, stop=stop)
+        result = api.run(cfg, run_dir, resume=resume, on_event=show, stop=stop, overrides=overrides)
     elif args.quiet:
-        api.run(cfg, run_dir, resume=resume, stop=stop)
+        result = api.run(cfg, run_dir, resume=resume, stop=stop, overrides=overrides)
     else:
         from smolmac import _blas
 
-        view = ProgressView()
+        view = ProgressView(run_dir)
         if _blas.status == "absent":
             view.console.print(f"[yellow]{_blas.HINT}[/]")
         view.console.print(f"run dir: {run_dir}")
         with view:
-            api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop)
+            result = api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop, overrides=overrides)
         if cfg.stages:
             from smolmac.pipeline import format_stage_table
 
             view.console.print(format_stage_table(run_dir), highlight=False)
-    return 0
+    return EXIT_STOPPED if result.stopped else 0
 
 
 def cmd_generate(args) -> int:
     from smolmac.generate import load_for_generation, stream
 
-    model, tok = load_for_generation(args.model, args.adapter)
+    model, tok = load_for_generation(args.model, args.adapter, pick=args.pick)
     for piece in stream(model, tok, args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, chat=False if args.raw else None):
         print(piece, end="", flush=True)
     print()
@@ -216,7 +246,7 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from smolmac.export import export_run
 
-    out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print)
+    out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print, pick=args.pick)
     print(f"exported {args.format} → {out}")
     return 0
 

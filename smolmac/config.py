@@ -75,6 +75,7 @@ class TrainConfig:
     dtype: str = _f("float32", "Compute dtype for trainable and frozen weights.", ("float32", "bfloat16", "float16"))
     grad_checkpoint: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     report_every: int = _f(10, "Steps between train events.")
+    early_stopping: dict | None = _f(None, "Stop when an eval metric stops improving: {metric: val_loss, patience: 3, min_delta: 0.0, mode: auto}; patience counts evaluations (eval.every); the run then finishes normally.")
 
 
 @dataclass
@@ -91,6 +92,8 @@ class EvalConfig:
 class SaveConfig:
     every: int = _f(0, "Steps between checkpoints; 0 = only when stopped and at the end.")
     keep: int = _f(2, "Checkpoints kept on disk (oldest are deleted).")
+    best: str | None = _f(None, "Eval metric whose best value is kept as adapter-best/ (model-best/ for full weights) beside the last, e.g. val_loss or eval_rewards/accuracies.")
+    best_mode: str = _f("auto", "Direction of save.best: min, max, or auto (min when the name has 'loss' or 'ppl', else max).", ("auto", "min", "max"))
 
 
 @dataclass
@@ -370,6 +373,48 @@ def validate(cfg: Config, source: str = "recipe"):
         raise UserError(f"{source}: 'lora.targets' must be 'all-linear' or a list such as [q_proj, v_proj], not {cfg.lora.targets!r}.")
     if isinstance(cfg.data.valid, float) and not 0 < cfg.data.valid < 1:
         raise UserError(f"{source}: 'data.valid' as a fraction must be between 0 and 1, not {cfg.data.valid}.")
+    _check_watches(cfg, source)
+
+
+def watch_mode(metric: str, mode: str = "auto") -> str:
+    """min or max for an eval metric: `auto` is min for losses and perplexities, else max."""
+    if mode != "auto":
+        return mode
+    return "min" if any(s in metric for s in ("loss", "ppl", "perplexity")) else "max"
+
+
+EARLY_STOPPING_KEYS = {"metric": "val_loss", "patience": None, "min_delta": 0.0, "mode": "auto"}
+
+
+def early_stopping(cfg: Config) -> dict | None:
+    """`train.early_stopping` with its defaults filled in (None when off)."""
+    es = cfg.train.early_stopping
+    return None if not es else {**EARLY_STOPPING_KEYS, **es}
+
+
+def _check_watches(cfg: Config, source: str):
+    """save.best and train.early_stopping: names, directions and numbers in range."""
+    if cfg.save.best is not None and not cfg.save.best.strip():
+        raise UserError(f"{source}: 'save.best' must name an eval metric such as val_loss, or be null.")
+    es = cfg.train.early_stopping
+    if es is None:
+        return
+    if not isinstance(es, dict) or not es:
+        raise UserError(f"{source}: 'train.early_stopping' must be a mapping like {{metric: val_loss, patience: 3}}, not {es!r}.")
+    for key in es:
+        if key not in EARLY_STOPPING_KEYS:
+            raise UserError(f"{source}: unknown key 'train.early_stopping.{key}'{did_you_mean(str(key), EARLY_STOPPING_KEYS)}; use metric, patience, min_delta and mode.")
+    full = early_stopping(cfg)
+    if isinstance(full["patience"], bool) or not isinstance(full["patience"], int) or full["patience"] < 1:
+        raise UserError(f"{source}: 'train.early_stopping.patience' must be a whole number of evaluations >= 1, not {full['patience']!r}.")
+    if not isinstance(full["metric"], str) or not full["metric"].strip():
+        raise UserError(f"{source}: 'train.early_stopping.metric' must name an eval metric such as val_loss, not {full['metric']!r}.")
+    if isinstance(full["min_delta"], bool) or not isinstance(full["min_delta"], (int, float)) or full["min_delta"] < 0:
+        raise UserError(f"{source}: 'train.early_stopping.min_delta' must be a number >= 0, not {full['min_delta']!r}.")
+    if full["mode"] not in ("auto", "min", "max"):
+        raise UserError(f"{source}: 'train.early_stopping.mode' must be auto, min or max, not {full['mode']!r}.")
+    if not cfg.stages and cfg.eval.every <= 0:
+        raise UserError(f"{source}: 'train.early_stopping' needs evaluations during the run; set eval.every (e.g. 100).")
 
 
 def field_help(section: str | None = None) -> list[tuple[str, str, Any, str]]:

@@ -10,11 +10,25 @@ from smolmac.data import hf_tokenizer
 from smolmac.errors import UserError
 
 
-def load_for_generation(model: str, adapter: str | None = None, dtype: str = "float32"):
+def load_for_generation(model: str, adapter: str | None = None, dtype: str = "float32", pick: str = "last"):
     """(model, tokenizer) with the adapter applied: an mlx-lm adapter dir, a PEFT adapter dir,
-    or a run dir (its adapter/, or its model/ for a full fine-tune)."""
+    or a run dir (its adapter/, or its model/ for a full fine-tune).
+
+    Args:
+        pick: with a run dir, "last" (adapter/, model/) or "best" (adapter-best/, model-best/:
+            the weights of its best evaluation, written by save.best).
+    """
     from smolmac.models import load_model
 
+    if pick not in ("last", "best"):
+        raise UserError(f"--pick: '{pick}' is not a choice; use last or best.")
+    if pick == "best":
+        run = Path(adapter) if adapter else None
+        if run is not None and (run / "model-best" / "config.json").is_file():
+            return load_model(str(run / "model-best"), dtype)[:2]
+        if run is None or not (run / "adapter-best" / "adapter_config.json").is_file():
+            raise UserError(f"--pick best: {adapter or '--adapter'} is not a run dir with adapter-best/ or model-best/; set save.best (e.g. val_loss) in its recipe, or use --pick last.")
+        adapter = str(run / "adapter-best")
     if adapter and (Path(adapter) / "model" / "config.json").is_file():
         return load_model(str(Path(adapter) / "model"), dtype)[:2]
     if adapter and not Path(adapter).is_dir():

@@ -4,6 +4,11 @@
     DIR/events.jsonl     one JSON event per line (see smolmac/events.py)
     DIR/checkpoints/     step-NNNNNNN/ with full training state (atomic)
     DIR/adapter/         LoRA/DoRA in mlx-lm's layout   (or DIR/model/ for full fine-tuning)
+    DIR/adapter-best/    with save.best: the weights of the best evaluation (or DIR/model-best/)
+    DIR/lock             held (flock) by the process training the run; it holds that PID
+
+A run dir is trained by one process at a time (smolmac/storage.py `run_lock`); outputs are
+written to temporary names and renamed into place.
 
 One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
 `run_training`, and `smolmac.api.train` chooses between the two.
@@ -12,6 +17,7 @@ One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from smolmac import events as ev
+from smolmac import storage
 from smolmac.config import Config, load_recipe
 from smolmac.errors import UserError
 
@@ -34,6 +41,8 @@ class Run:
     adapter_path: Path | None = None
     model_path: Path | None = None
     stopped: bool = False
+    early_stopped: str | None = None  # why early stopping ended it (a finished run)
+    best_path: Path | None = None  # adapter-best/ or model-best/ (save.best)
 
     def last(self, type_: str) -> dict | None:
         return next((e for e in reversed(self.events) if e["type"] == type_), None)
@@ -47,33 +56,84 @@ def read_config(run_dir: str | Path, overrides=None) -> Config:
     return load_recipe(yaml.safe_load(path.read_text()), overrides)
 
 
-def default_run_dir(cfg: Config) -> Path:
-    base = Path("runs") / f"{cfg.name or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    """`runs/<name>-<timestamp>`, created here (mkdir is atomic: two runs started in the same
+    second get two folders). The name must be one plain folder name."""
+    name = storage.component(cfg.name or cfg.method, "name", f"{root}/")
+    base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    while True:
+        try:
+            with storage.writing(path):
+                path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
 
 
-def open_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
-    """Create or reopen a run dir (one run or a pipeline) and return the recipe to run.
+# Keys `--set` may change on `--resume`: they change how long and how often, not what the
+# checkpoints hold (model, data, method, adapter shape, optimizer).
+SAFE_ON_RESUME = ("train.lr", "train.steps", "train.epochs", "train.report_every", "train.early_stopping",
+                  "eval.every", "eval.batches", "save.every", "save.keep")
 
-    Resuming uses the saved recipe. Starting in a dir that holds another recipe, or this recipe
-    with progress already made, is refused: nothing a run wrote is ever overwritten.
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1} (sections only; values stay whole)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and f"{prefix}{k}" in ("data", "lora", "train", "eval", "save", "dpo", "orpo", "tokenizer"):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def has_progress(run_dir: Path) -> bool:
+    """Whether a run dir holds anything training produced: a checkpoint, an output, or a
+    pipeline stage with one. A dir with only a config (and maybe a failed attempt's events) has none."""
+    from smolmac.trainer import list_checkpoints
+
+    if list_checkpoints(run_dir / "checkpoints"):
+        return True
+    if any((run_dir / d).is_dir() for d in ("adapter", "model", "adapter-best", "model-best")):
+        return True
+    if (run_dir / "tokenizer" / "tokenizer.json").is_file():
+        return True
+    return any(p.is_dir() and p.name.split("-")[0].isdigit() and has_progress(p) for p in run_dir.iterdir()) if run_dir.is_dir() else False
+
+
+def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | None = None) -> tuple[Config, dict]:
+    """Create or reopen a run dir (one run or a pipeline); returns (recipe to run, changes).
+
+    Resuming uses the saved recipe, with `overrides` (`--set`) applied when every changed key is
+    in SAFE_ON_RESUME; `changes` is `{key: [old, new]}`. Starting in a dir whose training made
+    progress is refused (nothing a run wrote is ever overwritten); a dir with only a config (a
+    run that failed or was stopped before its first checkpoint) can be started again.
+    Call with the run's lock held.
     """
     saved = run_dir / "config.yaml"
+    then = f"then run the command again for {run_dir}"
     if resume:
-        return read_config(run_dir)
-    if saved.is_file():
+        old = read_config(run_dir)
+        if not overrides:
+            return old, {}
+        new = load_recipe(old, overrides)
+        before, after = flatten(old.to_dict()), flatten(new.to_dict())
+        changes = {k: [before.get(k), after.get(k)] for k in after if before.get(k) != after.get(k)}
+        for key in changes:
+            if key not in SAFE_ON_RESUME:
+                raise UserError(f"--set {key}: cannot be changed when resuming (this run was trained with {before.get(key)!r}); only {', '.join(SAFE_ON_RESUME)} can, so start a new run (another --run-dir) to change it.")
+        if changes:
+            storage.atomic_write_text(saved, new.to_yaml(), then)
+        return new, changes
+    if saved.is_file() and has_progress(run_dir):
         same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
-        if not same or (run_dir / "events.jsonl").exists():
-            raise UserError(f"--run-dir: {run_dir} already holds {'a different' if not same else 'this'} run; pass --resume to continue it or choose another --run-dir.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(cfg.to_yaml())
-    tmp.replace(saved)
-    return cfg
+        raise UserError(f"--run-dir: {run_dir} already holds {'a different' if not same else 'this'} run; pass --resume to continue it or choose another --run-dir.")
+    with storage.writing(run_dir, then=then):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    storage.atomic_write_text(saved, cfg.to_yaml(), then)
+    return cfg, {}
 
 
 def materialize_model(cfg: Config, run_dir: Path) -> str:
@@ -105,23 +165,78 @@ def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
     return plan
 
 
-def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None) -> Run:
-    """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout."""
+def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None,
+                 overrides: dict | None = None) -> Run:
+    """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout.
+
+    Args:
+        resume: continue from the last checkpoint (from step 0 with the saved recipe when there
+            is none yet).
+        overrides: `--set` keys applied on resume (only SAFE_ON_RESUME ones; recorded as a
+            `config` event).
+    """
     from smolmac.methods import method
 
     run_dir = Path(run_dir)
     m = method(cfg.method)
-    if not m.trains and resume and m.load().finished(run_dir):
-        return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # nothing to redo
-    cfg = open_run_dir(cfg, run_dir, resume)
-    with ev.EventLog(run_dir / "events.jsonl", on_event) as log:  # a failure becomes an error event
-        if not m.trains:
-            m.load().train_stage(cfg, run_dir, log)
-            return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))
-        return _run(cfg, run_dir, resume, log, stop)
+    if not m.trains and resume and m.load().finished(run_dir) and not overrides:
+        return Run(run_dir, cfg, ev.current(ev.read_events(run_dir / "events.jsonl")))  # nothing to redo
+    with storage.run_lock(run_dir, create=not resume):
+        # Whatever an interrupted write left is stale now that this process holds the lock.
+        storage.remove_leftovers(run_dir, run_dir / "checkpoints", run_dir / "tokens")
+        cfg, changes = open_run_dir(cfg, run_dir, resume, overrides)
+        log_path = run_dir / "events.jsonl"
+        again = log_path.is_file() and log_path.stat().st_size > 0  # an earlier attempt reported
+        with ev.EventLog(log_path, on_event) as log:  # a failure becomes an error event
+            if changes:
+                log(ev.ConfigChange(step=_last_checkpoint_step(run_dir), changes=changes))
+            if not m.trains:
+                m.load().train_stage(cfg, run_dir, log)
+                return Run(run_dir, cfg, ev.current(ev.read_events(log_path)))
+            return _run(cfg, run_dir, resume, log, stop, again)
 
 
-def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
+def _last_checkpoint_step(run_dir: Path) -> int:
+    from smolmac.trainer import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    return int(ckpts[-1].name.split("-")[1]) if ckpts else 0
+
+
+def write_output(path: Path, write, need: int, run_dir: Path) -> Path:
+    """Write an output folder (adapter/, model/, adapter-best/...) under a temporary name with
+    `write(tmp)`, then swap it into place: a kill or a full disk never leaves half of one."""
+    tmp = storage.tmp_name(path)
+    try:
+        with storage.writing(path, need, f"then finish it with `smolmac train --resume {run_dir}`"):
+            write(tmp)
+            storage.swap_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _watches(cfg: Config, task):
+    """The trainer's Watch for save.best and for train.early_stopping (None when off)."""
+    from smolmac.config import early_stopping, watch_mode
+    from smolmac.trainer import Watch
+
+    keep = Watch(cfg.save.best, watch_mode(cfg.save.best, cfg.save.best_mode)) if cfg.save.best else None
+    es = early_stopping(cfg)
+    stop = Watch(es["metric"], watch_mode(es["metric"], es["mode"]), float(es["min_delta"]), int(es["patience"])) if es else None
+    for key, w in (("save.best", keep), ("train.early_stopping", stop)):
+        if w is not None and task.valid is None:
+            raise UserError(f"{key}: {w.metric} is measured on validation data and this run has none; set data.valid (a file, or a fraction such as 0.05).")
+    return keep, stop
+
+
+LM_METHODS = ("sft", "pretrain", "orpo")  # losses that start near ln(vocab)
+
+
+def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = False) -> Run:
+    from mlx.utils import tree_flatten
+
     from smolmac import lora as lora_mod
     from smolmac.evaluation import evaluator
     from smolmac.methods import build_task, method
@@ -151,6 +266,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     else:
         adapter_config = lora_mod.apply_lora(model, cfg.lora, seed=t.seed)
     task = build_task(cfg, model, tokenizer, run_dir)
+    keep_best, early = _watches(cfg, task)
 
     memory = _memory_plan(cfg, model_config, getattr(task.train, "longest", t.max_seq_len))
     if t.grad_checkpoint or memory.get("auto_checkpoint"):
@@ -166,47 +282,69 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     checkpoints = list_checkpoints(run_dir / "checkpoints") if resume else []
     if checkpoints:
         start = load_checkpoint(checkpoints[-1], model, optimizer)
-    elif resume:  # stopped or failed before its first checkpoint: its saved recipe from step 0
+    elif resume or again:  # stopped or failed before its first checkpoint: its recipe from step 0
         task.notes = {**(task.notes or {}), "resume": "no checkpoint yet: started again from step 0"}
     trainable = lora_mod.trainable_count(model)
+    # resumed_from marks the steps an earlier attempt reported past it as superseded (events.current)
+    resumed_from = start.step if start else (0 if (resume or again) else None)
     log(ev.Start(
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
         trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
-        resumed_from=start.step if start else None, extra={**(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}},
+        resumed_from=resumed_from, extra={**(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}},
     ))
 
     def save(pos):
         return save_checkpoint(run_dir / "checkpoints", model, optimizer, pos, cfg.save.keep)
 
+    weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters() if not full else model.parameters()))
+    extra = {"model": str(model_ref), "base_model_path": str(model_path), "method": cfg.method}
+
+    def write_weights(path: Path, more: dict | None = None) -> Path:
+        if full:
+            return write_output(path, lambda tmp: save_model_dir(model, tokenizer, model_config, tmp), weight_bytes, run_dir)
+        return write_output(path, lambda tmp: lora_mod.save_adapter(model, adapter_config, tmp, {**extra, **(more or {})}), weight_bytes, run_dir)
+
+    def save_best(pos):
+        return write_weights(run_dir / ("model-best" if full else "adapter-best"),
+                             {"best": {"step": pos.step, "metric": cfg.save.best, "value": pos.best}})
+
+    vocab = model_config.get("vocab_size") or (model_config.get("text_config") or {}).get("vocab_size")
     pos = train_loop(
         model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
         grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
         evaluate=evaluator(cfg, model, tokenizer, task), eval_every=cfg.eval.every,
         save=save, save_every=cfg.save.every, report_every=t.report_every, start=start, seed=t.seed,
+        keep_best=keep_best, save_best=save_best, early_stopping=early,
+        stuck_loss=math.log(vocab) if vocab and cfg.method in LM_METHODS else None,
     )
-    stopped = pos.step < total_steps
-    run = Run(run_dir, cfg, stopped=stopped)
+    stopped = pos.step < total_steps and pos.early_stopped is None
+    run = Run(run_dir, cfg, stopped=stopped, early_stopped=pos.early_stopped)
     if not stopped:
-        if full:
-            run.model_path = save_model_dir(model, tokenizer, model_config, run_dir / "model")
-        else:
-            extra = {"model": str(model_ref), "base_model_path": str(model_path), "method": cfg.method}
-            run.adapter_path = lora_mod.save_adapter(model, adapter_config, run_dir / "adapter", extra)
+        path = write_weights(run_dir / ("model" if full else "adapter"))
+        run.model_path, run.adapter_path = (path, None) if full else (None, path)
+    best_dir = run_dir / ("model-best" if full else "adapter-best")
+    run.best_path = best_dir if keep_best and best_dir.is_dir() else None
     output = run.model_path or run.adapter_path or (run_dir / "checkpoints")
-    log(ev.Done(step=pos.step, output=str(output), stopped=stopped, elapsed_s=round(pos.elapsed_s, 2)))
-    run.events = ev.read_events(run_dir / "events.jsonl")
+    done = {"reason": pos.early_stopped} if pos.early_stopped else {}
+    if keep_best and pos.best_step is not None:
+        done.update(best_step=pos.best_step, best_metric=keep_best.metric, best_value=round(pos.best, 6), best_output=str(best_dir))
+    log(ev.Done(step=pos.step, output=str(output), stopped=stopped, elapsed_s=round(pos.elapsed_s, 2), extra=done))
+    run.events = ev.current(ev.read_events(run_dir / "events.jsonl"))
     return run
 
 
 def read_run(run_dir: str | Path) -> dict:
-    """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss."""
+    """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss.
+
+    Steps that a resume redid are dropped (events.current); the last start event gives the total."""
     run_dir = Path(run_dir)
-    events = ev.read_events(run_dir / "events.jsonl")
+    raw = ev.read_events(run_dir / "events.jsonl")
+    events = ev.current(raw)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    start = next((e for e in events if e["type"] == "start"), None)
+    start = next((e for e in reversed(events) if e["type"] == "start"), None)
     last_train = next((e for e in reversed(events) if e["type"] == "train"), None)
-    last = events[-1] if events else None
+    last = next((e for e in reversed(events) if e["type"] not in ("warning", "config")), None)
     if last is None:
         status = "new"
     elif last["type"] == "done":
@@ -218,6 +356,6 @@ def read_run(run_dir: str | Path) -> dict:
     return {
         "dir": str(run_dir), "status": status, "method": cfg.get("method"), "model": cfg.get("model"),
         "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
-        "loss": (last_train or {}).get("loss"), "started": (events[0]["time"] if events else None),
+        "loss": (last_train or {}).get("loss"), "started": (raw[0]["time"] if raw else None),
         "error": last.get("message") if last and last["type"] == "error" else None,
     }

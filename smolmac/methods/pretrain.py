@@ -83,9 +83,23 @@ def _sep_id(hf) -> int:
     return int(hf.eos_token_id)
 
 
-def _write_tokens(docs, hf, sep: int, path: Path, dtype) -> tuple[int, int]:
-    """Tokenise documents in chunks (the Rust tokenizer batches in parallel) into a flat file."""
-    tmp = path.with_suffix(".tmp")
+def _write_tokens(docs, hf, sep: int, path: Path, dtype, need: int | None = None) -> tuple[int, int]:
+    """Tokenise documents in chunks (the Rust tokenizer batches in parallel) into a flat file,
+    written under a temporary name and renamed into place."""
+    from smolmac.storage import tmp_name, writing
+
+    tmp = tmp_name(path)
+    n_tokens = n_docs = 0
+    try:
+        with writing(path, need, f"then run the command again (the cache in {path.parent} is rebuilt)"):
+            n_tokens, n_docs = _tokens_to(tmp, docs, hf, sep, dtype)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n_tokens, n_docs
+
+
+def _tokens_to(tmp: Path, docs, hf, sep: int, dtype) -> tuple[int, int]:
     n_tokens = n_docs = 0
     with tmp.open("wb") as f:
         chunk: list[str] = []
@@ -106,8 +120,38 @@ def _write_tokens(docs, hf, sep: int, path: Path, dtype) -> tuple[int, int]:
                 flush()
         if chunk:
             flush()
-    tmp.replace(path)
     return n_tokens, n_docs
+
+
+def _cached(out: Path, key: dict, dtype) -> dict | None:
+    """The cache's meta when it is whole: meta.json parses, was made for this data and
+    tokenizer, and each .bin holds exactly the tokens it records (a kill or a full disk can
+    leave a 0-byte meta.json or a truncated train.bin: those are rebuilt)."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None
+    itemsize = np.dtype(dtype).itemsize
+    for split in ("train", "valid"):
+        n = meta.get(f"{split}_tokens")
+        if not isinstance(n, int) or n < 0:
+            return None
+        path = out / f"{split}.bin"
+        if (n or split == "train") and (not path.is_file() or path.stat().st_size != n * itemsize):
+            return None
+    return meta
+
+
+def _source_bytes(spec) -> int | None:
+    """Bytes of a local corpus (a file or folder), to say how much room its tokens need."""
+    from smolmac.storage import dir_size
+
+    p = Path(str(spec)).expanduser()
+    if p.is_file():
+        return p.stat().st_size
+    return dir_size(p) if p.is_dir() else None
 
 
 def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | None, dict]:
@@ -136,11 +180,18 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
         key["budget"] = cfg.train.steps * cfg.train.grad_accum * cfg.train.batch_size * cfg.train.max_seq_len + 1
     out = Path(run_dir) / "tokens"
     meta_path = out / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key:
-            return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if meta["valid_tokens"] else None), meta
-    out.mkdir(parents=True, exist_ok=True)
+    meta = _cached(out, key, dtype)
+    if meta is not None:
+        return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if meta["valid_tokens"] else None), meta
+    from smolmac.storage import atomic_write_text, writing
+
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)  # no meta until both files are whole again
+    itemsize = np.dtype(dtype).itemsize
+    # Upper bound of the token files' size: a byte-level tokenizer gives at most a token per byte.
+    src_bytes = _source_bytes(resolve_path(d.train)) if not streamed else key["budget"]
+    need = src_bytes * itemsize if src_bytes else None
     sep = _sep_id(hf)
     if streamed:
         docs = _budgeted(load_documents(train_spec, d, d.split, tokenizer, d.max_rows), hf, key["budget"])
@@ -158,12 +209,12 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
         valid_docs = load_documents(d.valid, d, d.valid_split or d.split, tokenizer)
     elif d.valid_split and valid_docs is None:
         valid_docs = load_documents(d.train, d, d.valid_split, tokenizer)
-    n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype)
+    n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype, need)
     n_valid = docs_valid = 0
     if valid_docs is not None:
-        n_valid, docs_valid = _write_tokens(valid_docs, hf, sep, out / "valid.bin", dtype)
+        n_valid, docs_valid = _write_tokens(valid_docs, hf, sep, out / "valid.bin", dtype, need)
     meta = {"key": key, "train_tokens": n_train, "valid_tokens": n_valid, "train_docs": docs_train, "valid_docs": docs_valid, "sep_id": sep}
-    meta_path.write_text(json.dumps(meta, indent=2))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2), then="then run the command again")
     return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if n_valid else None), meta
 
 

@@ -135,6 +135,9 @@ class RunsScreen(Screen):
         run = self._need_run()
         if not run:
             return
+        if run.get("alive"):
+            self.app.show_error(t("{name} is still being trained by process {pid}; stop it (s) or wait for it to finish before resuming.", name=run["name"], pid=run.get("pid") or "?"))
+            return
         if run["status"] not in ("stopped", "failed"):
             self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=run["name"], status=t(run["status"])))
             return
