@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def _tokens_to(tmp: Path, docs, hf, sep: int, dtype) -> tuple[int, int]:
             nonlocal n_tokens
             for ids in hf(chunk, add_special_tokens=False)["input_ids"]:
                 arr = np.asarray(ids + [sep], dtype=dtype)
-                arr.tofile(f)
+                f.write(arr.tobytes())  # not arr.tofile(f): numpy loses a full disk's error there
                 n_tokens += len(arr)
             chunk.clear()
 
@@ -120,6 +121,11 @@ def _tokens_to(tmp: Path, docs, hf, sep: int, dtype) -> tuple[int, int]:
                 flush()
         if chunk:
             flush()
+        f.flush()
+        os.fsync(f.fileno())
+    size, expected = tmp.stat().st_size, n_tokens * np.dtype(dtype).itemsize
+    if size != expected:  # a short write that no call reported: never keep a truncated cache
+        raise OSError(f"wrote {size} of {expected} bytes")
     return n_tokens, n_docs
 
 
