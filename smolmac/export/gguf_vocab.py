@@ -84,8 +84,8 @@ def bpe_pre(tj: dict, where: str) -> str:
             name = SPLIT_REGEXES.get((split.get("pattern") or {}).get("Regex"))
     if name is None:
         raise UserError(f"{where}: the pre-tokenizer {_describe(pre)} has no llama.cpp equivalent that tokenises identically (smolmac maps {MAPPED}); it cannot be exported to GGUF.")
-    if model.get("ignore_merges") and name != "llama-bpe":
-        raise UserError(f"{where}: the tokenizer sets ignore_merges, which llama.cpp only does for Llama 3's pre-tokenizer; it cannot be exported to GGUF with the same tokens.")
+    if bool(model.get("ignore_merges")) != (name == "llama-bpe"):  # llama.cpp ties the two together
+        raise UserError(f"{where}: the tokenizer {'sets' if model.get('ignore_merges') else 'does not set'} ignore_merges, which llama.cpp's '{name}' pre-tokenizer {'does not do' if model.get('ignore_merges') else 'always does'}; it cannot be exported to GGUF with the same tokens.")
     return name
 
 

@@ -76,8 +76,13 @@ def translate(hf_tok) -> dict | None:
     except Exception as e:  # a template that rejects a probe (e.g. no system role) is not ChatML/Llama 3
         raise UserError(f"--format ollama: the chat template fails on a {'/'.join(r for r, _ in PROBES[1])} conversation ({e}); smolmac translates only ChatML and Llama 3 templates to an Ollama TEMPLATE.") from None
     for style, (start, after, end, template) in STYLES.items():
-        if not rendered[0].startswith(start):
+        if start not in rendered[0]:
             continue
+        # text before the first turn that the template always writes (a BOS the tokenizer does not add)
+        prefix = rendered[0][: rendered[0].index(start)]
+        if not all(r.startswith(prefix) for r in rendered):
+            continue
+        rendered = [r[len(prefix):] for r in rendered]
         default = None
         head = f"{start}system{after}"
         if rendered[0].startswith(head):  # a system turn nobody gave: the template's default
@@ -85,7 +90,7 @@ def translate(hf_tok) -> dict | None:
         expected = [go_render(style, default, p) for p in PROBES]
         if expected == rendered:
             stop = [end.strip(), start]
-            return {"style": style, "template": template, "system": default, "stop": stop}
+            return {"style": style, "template": prefix + template, "system": default, "stop": stop}
         i = next(i for i, (a, b) in enumerate(zip(expected, rendered)) if a != b)
         at = next((k for k, (x, y) in enumerate(zip(expected[i], rendered[i])) if x != y), min(len(expected[i]), len(rendered[i])))
         raise UserError(f"--format ollama: the chat template looks like {style} but renders a {'/'.join(r for r, _ in PROBES[i])} conversation as {rendered[i][max(0, at - 20):at + 30]!r} where {style} has {expected[i][max(0, at - 20):at + 30]!r}; smolmac writes an Ollama TEMPLATE only when it renders identically.")
