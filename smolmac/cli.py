@@ -219,11 +219,10 @@ def cmd_generate(args) -> int:
 
 def cmd_export(args) -> int:
     from smolmac.export import export_run
-    from smolmac.export.sizes import human_size, on_disk
 
     out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print,
                      quantize=args.quantize, group_size=args.group_size, with_base=args.with_base)
-    print(f"exported {args.format} → {out} ({human_size(on_disk(out))})")
+    print(f"exported {args.format} → {out}")
     return 0
 
 

@@ -94,6 +94,7 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
             dequantised base into `out/base` and point the adapter at it.
     """
     from smolmac.export.card import card_info, model_card
+    from smolmac.export.sizes import human_size, on_disk
     from smolmac.export.sources import open_source
 
     say = on_message or (lambda _m: None)
@@ -125,4 +126,5 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
     except BaseException:
         _remove(tmp)
         raise
+    say(f"{out}: {human_size(on_disk(out))} written.")
     return out
