@@ -400,3 +400,44 @@ def test_size_estimates_are_close_to_what_is_written(tmp_path, lora_run):
         want = estimate(lora_run["run"], fmt, **kw)
         got = on_disk(export_run(lora_run["run"], fmt, tmp_path / (fmt + ("-" + "-".join(kw.values()) if kw else "") + (".gguf" if fmt.startswith("gguf") else "")), **kw))
         assert abs(want - got) <= 0.35 * got, (fmt, kw, want, got)
+
+
+def test_sentencepiece_tokenizer_goes_to_gguf_as_llama_spm(llama_cpp, tmp_path):
+    """A Llama-2-style SentencePiece BPE (byte fallback): tokenizer.model's pieces and scores, as
+    convert_hf_to_gguf.py writes them; transformers 5 no longer saves tokenizer.model, so the
+    export takes it from the model's folder."""
+    import shutil
+
+    import sentencepiece as spm
+    from conftest import corpus
+    from transformers import AutoTokenizer
+
+    from smolmac import load_recipe
+    from smolmac.export import export_run
+    from smolmac.models import load_model, new_model
+
+    (tmp_path / "corpus.txt").write_text("\n".join(corpus() + STRINGS * 3))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "sp"), vocab_size=400, model_type="bpe",
+                                   byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (tmp_path / "tok").mkdir()
+    shutil.copy(tmp_path / "sp.model", tmp_path / "tok" / "tokenizer.model")
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": False}))
+    run = tmp_path / "run"
+    new_model({"preset": "nano", "initializer_range": 0.1}, tmp_path / "tok", run / "model")
+    shutil.copy(tmp_path / "sp.model", run / "model" / "tokenizer.model")  # as Hub models ship it
+    (run / "config.yaml").write_text(load_recipe({"model": str(run / "model"), "full": True}).to_yaml())
+    messages = []
+    out = export_run(run, "gguf", tmp_path / "m.gguf", dtype="f32", on_message=messages.append)
+    assert any("tokenizer llama" in m for m in messages)
+    hf = AutoTokenizer.from_pretrained(str(run / "model"))
+    model, *_ = load_model(str(run / "model"))
+    ids = hf(TEXT)["input_ids"][:48]
+    assert np.abs(mlx_logits(model, ids) - cpp_logits(llama_cpp, out, ids)).max() <= 1e-3
+    llm = load_gguf(llama_cpp, out)
+    try:
+        # llama.cpp always prepends the SentencePiece space (like sentencepiece's add_dummy_prefix);
+        # HF's Metaspace skips it when the text already starts with a space: those strings differ
+        for text in [s for s in STRINGS if not s[:1].isspace()]:
+            assert llm.tokenize(text.encode(), add_bos=True, special=True) == hf(text)["input_ids"], repr(text)
+    finally:
+        llm.close()

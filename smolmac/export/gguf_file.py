@@ -17,6 +17,7 @@ what the `gguf` package can write: f32, f16, bf16, q8_0 and q4_0/q4_1/q5_0/q5_1;
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -196,14 +197,28 @@ def encode(data: np.ndarray, name: str, qtype: str):
 # The file
 
 
-def save_tokenizer(tok, config: dict, folder: Path):
-    """The HF tokenizer files + config.json in `folder`, where gguf.SpecialVocab reads them."""
+def save_tokenizer(tok, config: dict, folder: Path, source_dir: Path | None = None):
+    """The HF tokenizer files + config.json in `folder`, where gguf.SpecialVocab reads them, and
+    the source model's SentencePiece tokenizer.model (transformers 5 no longer saves it)."""
+    import shutil
+
     from smolmac.data import hf_tokenizer
 
     hf = hf_tokenizer(tok)
     hf.save_pretrained(str(folder))
     (folder / "config.json").write_text(json.dumps(config))
+    if source_dir is not None and (Path(source_dir) / "tokenizer.model").is_file() and not (folder / "tokenizer.model").exists():
+        shutil.copy(Path(source_dir) / "tokenizer.model", folder / "tokenizer.model")
     return hf
+
+
+def source_dir(src) -> Path | None:
+    """The local folder of the model a Source fine-tuned (for files only it has, e.g. tokenizer.model)."""
+    from smolmac.export.sources import _model_dir
+
+    ad = src.adapter
+    specs = [src.model_dir] + ([ad.base_path, ad.base] if ad else []) + [src.base]
+    return next((d for d in map(_model_dir, specs) if d is not None), None)
 
 
 def add_general(writer, info: dict, n_params: int | None = None):
@@ -226,7 +241,7 @@ def add_general(writer, info: dict, n_params: int | None = None):
     writer.add_tags([t for t in (info.get("fine_tune"), info.get("method"), "smolmac") if t])
 
 
-def write_gguf(model, tok, config: dict, path: Path, qtype: str, say, info: dict | None = None) -> dict:
+def write_gguf(model, tok, config: dict, path: Path, qtype: str, say, info: dict | None = None, source: Path | None = None) -> dict:
     """Write an mlx-lm model (float, HF parameter names) and its tokenizer as one GGUF file.
 
     Args:
@@ -237,6 +252,7 @@ def write_gguf(model, tok, config: dict, path: Path, qtype: str, say, info: dict
         qtype: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1.
         say: progress sentences.
         info: model card info (smolmac.export.card.card_info) for general.* metadata.
+        source: the model's original folder (its tokenizer.model, for SentencePiece tokenizers).
     """
     import gguf
     from mlx.utils import tree_flatten
@@ -259,9 +275,14 @@ def write_gguf(model, tok, config: dict, path: Path, qtype: str, say, info: dict
     add_hparams(writer, config, arch, n_vocab)
     writer.add_file_type(gguf.LlamaFileType[FILE_TYPES[qtype]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    with tempfile.TemporaryDirectory() as folder:
-        hf = save_tokenizer(tok, config, Path(folder))
-        vocab = add_tokenizer(writer, Path(folder), hf, n_vocab, where)
+    quiet = logging.getLogger("gguf")  # SpecialVocab logs guesses about post-processors: not ours to print
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            hf = save_tokenizer(tok, config, Path(folder), source)
+            vocab = add_tokenizer(writer, Path(folder), hf, n_vocab, where)
+    finally:
+        quiet.setLevel(level)
     extra = rope_freqs(config)
     if extra is not None:
         writer.add_tensor("rope_freqs.weight", extra, raw_dtype=gguf.GGMLQuantizationType.F32)
@@ -285,7 +306,7 @@ def write(src, out: Path, dtype: str | None, say, quantize: str | None = None) -
 
     model, tok, config = fused_model(src, say)
     qtype = gguf_type(config, dtype, quantize)
-    write_gguf(model, tok, config, out, qtype, say, card_info(src, "gguf", qtype))
+    write_gguf(model, tok, config, out, qtype, say, card_info(src, "gguf", qtype), source_dir(src))
     return out
 
 

@@ -166,6 +166,9 @@ def add_tokenizer(writer, tok_dir: Path, hf_tok, n_vocab: int, where: str = "tok
         raise UserError(f"{where}: the tokenizer has {len(hf_tok)} tokens but the model only {n_vocab} embeddings; llama.cpp needs an embedding for every token.")
     if (tok_dir / "tokenizer.model").is_file() and (kind is None or tj["model"].get("byte_fallback")):
         tokens, scores, types = _spm_tokens(tok_dir, n_vocab, where)
+        config = json.loads((tok_dir / "tokenizer_config.json").read_text()) if (tok_dir / "tokenizer_config.json").is_file() else {}
+        if isinstance(config.get("add_prefix_space"), bool):  # as convert_hf_to_gguf.py's LlamaModel.set_vocab
+            writer.add_add_space_prefix(config["add_prefix_space"])
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
         writer.add_token_list(tokens)

@@ -119,7 +119,7 @@ def modelfile(gguf_name: str, chat: dict | None, context: int | None) -> str:
 def write(src, out: Path, dtype: str | None, say, quantize: str | None = None) -> Path:
     from smolmac.data import hf_tokenizer
     from smolmac.export.card import card_info
-    from smolmac.export.gguf_file import gguf_type, write_gguf
+    from smolmac.export.gguf_file import gguf_type, source_dir, write_gguf
     from smolmac.export.hf import fused_model
 
     model, tok, config = fused_model(src, say)
@@ -127,7 +127,7 @@ def write(src, out: Path, dtype: str | None, say, quantize: str | None = None) -
     if chat is None:
         say("the tokenizer has no chat template: the Modelfile has no TEMPLATE, so Ollama sends prompts as they are.")
     qtype = gguf_type(config, dtype, quantize)
-    write_gguf(model, tok, config, out / "model.gguf", qtype, say, card_info(src, "ollama", qtype))
+    write_gguf(model, tok, config, out / "model.gguf", qtype, say, card_info(src, "ollama", qtype), source_dir(src))
     (out / "Modelfile").write_text(modelfile("model.gguf", chat, config.get("max_position_embeddings")))
     say("Modelfile: " + (f"{chat['style']} TEMPLATE" + (", default SYSTEM" if chat["system"] else "") if chat else "no TEMPLATE") + ".")
     return out
