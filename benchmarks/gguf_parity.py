@@ -3,6 +3,7 @@
 
     python benchmarks/gguf_parity.py            # tiny, quickstart, smollm2-135m (needs llama-cpp-python)
     python benchmarks/gguf_parity.py tiny       # one of them
+    python benchmarks/gguf_parity.py runs/quickstart   # a trained run or pipeline (what it exports)
 
 - tiny: the `nano` preset (hidden 64, 2 layers), a 320-token BPE tokenizer (the tests' fixture);
 - quickstart: the `micro` preset with the 416-token tokenizer trained on smolmac/quickstart/corpus.txt;
@@ -53,6 +54,7 @@ def build(name: str, root: Path) -> Path:
 
 
 def measure(name: str) -> list[str]:
+    """The table rows for a preset name (a random-weight model built here) or a run directory."""
     import llama_cpp
     import mlx.core as mx
     import numpy as np
@@ -66,8 +68,16 @@ def measure(name: str) -> list[str]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        run = build(name, Path(tmp))
-        model, tok, config, _ = load_model(str(run / "model"))
+        if Path(name).is_dir():
+            from smolmac.export.hf import fused_model
+            from smolmac.export.sources import open_source
+
+            run = Path(name)
+            model, tok, config = fused_model(open_source(run), lambda _m: None)
+            name = run.name
+        else:
+            run = build(name, Path(tmp))
+            model, tok, config, _ = load_model(str(run / "model"))
         text = (ROOT / "smolmac" / "quickstart" / "corpus.txt").read_text()[:400] + " " + TEXT
         ids = tok.encode(text)[:64]
         ref = np.array(model(mx.array([ids]))[0])
