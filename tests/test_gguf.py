@@ -106,18 +106,19 @@ def test_gguf_q8_0_keeps_greedy_choices(llama_cpp, lora_run):
     assert agree >= 0.95, f"q8_0 greedy agreement {agree:.2%} on {len(ids)} positions"
 
 
-def test_gguf_quantize_q4_0_writes_what_llama_cpp_runs(llama_cpp, lora_run):
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q5_0", "q5_1"])
+def test_gguf_quantize_writes_what_llama_cpp_runs(llama_cpp, lora_run, qtype):
     import gguf
 
     from smolmac.export import export_run
 
-    out = export_run(lora_run["run"], "gguf", lora_run["root"] / "m-q4.gguf", quantize="q4_0")
+    out = export_run(lora_run["run"], "gguf", lora_run["root"] / f"m-{qtype}.gguf", quantize=qtype)
     reader = gguf.GGUFReader(str(out))
     types = {t.name: t.tensor_type.name for t in reader.tensors}
-    assert types["blk.1.ffn_down.weight"] == "Q4_0" and types["token_embd.weight"] == "Q8_0"
+    assert types["blk.1.ffn_down.weight"] == qtype.upper() and types["token_embd.weight"] == "Q8_0"
     ids = lora_run["ids"]
     ours, theirs = mlx_logits(lora_run["model"], ids), cpp_logits(llama_cpp, out, ids)
-    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.9  # 4-bit, yet the same function
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.9  # 4/5-bit, yet the same function
 
 
 def test_llama_cpp_tokenises_like_the_hf_tokenizer(llama_cpp, lora_run):

@@ -45,7 +45,8 @@ class Exporter:
         if self.dtypes == GGUF_DTYPES:
             dtype = DTYPE_ALIASES.get(dtype, dtype)
         if dtype not in self.dtypes:
-            raise UserError(f"--dtype: '{dtype}' is not supported by --format {self.name}; choose {', '.join(self.dtypes[:-1])} or {self.dtypes[-1]}.")
+            more = ", or --quantize for the other GGUF types" if "quantize" in self.options else ""
+            raise UserError(f"--dtype: '{dtype}' is not supported by --format {self.name}; choose {', '.join(self.dtypes[:-1])} or {self.dtypes[-1]}{more}.")
         return dtype
 
 

@@ -140,7 +140,11 @@ class ExportScreen(Screen):
             text = t("≈ {size} for {fmt}", size=human_size(size), fmt=choice["fmt"]) if size is not None else t("unknown: the base model is not on this machine")
         except Exception as e:  # an estimate must never take the screen down; the export will say more
             text = t("unknown ({error})", error=str(e))
-        self.app.call_from_thread(self.query_one("#export-size", Static).update, text)
+        self.app.call_from_thread(self._show_size, text)
+
+    def _show_size(self, text: str) -> None:
+        if self.is_mounted:  # the screen may have been closed while the estimate ran
+            self.query_one("#export-size", Static).update(text)
 
     def log_line(self, text: str) -> None:
         self.transcript.append(text)
