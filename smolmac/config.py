@@ -98,12 +98,14 @@ class DPOConfig:
     beta: float = _f(0.1, "DPO temperature beta.")
     loss: str = _f("sigmoid", "DPO loss variant (TRL's definitions).", ("sigmoid", "ipo", "hinge"))
     label_smoothing: float = _f(0.0, "Label smoothing epsilon for the sigmoid loss (cDPO).")
+    tokenization: str = _f("smolmac", "How pairs become tokens: smolmac (reply up to and including its end-of-turn token; plain strings become chat turns when the tokenizer has a template) or trl (TRL's DPOTrainer tokens: the template's trailing newline trained, plain strings kept plain with EOS and the tokenizer's BOS).", ("smolmac", "trl"))
 
 
 @dataclass
 class ORPOConfig:
     beta: float = _f(0.1, "Weight lambda of the odds-ratio term.")
     nll: str = _f("completion", "NLL over the chosen completion only, or the full chosen sequence like TRL.", ("completion", "full"))
+    tokenization: str = _f("smolmac", "How pairs become tokens: smolmac (reply up to and including its end-of-turn token; plain strings become chat turns when the tokenizer has a template) or trl (TRL's ORPOTrainer tokens: the template's trailing newline trained, EOS appended again, BOS prepended, plain strings kept plain).", ("smolmac", "trl"))
 
 
 @dataclass
