@@ -17,6 +17,7 @@ from smolmac.methods import preference
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers 5's renames, inside TRL
 
 WORDS = "the cat sat on a mat and dog ran to park".split()
 TOL = 1e-4  # the README quotes this tolerance

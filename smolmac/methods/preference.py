@@ -100,14 +100,8 @@ def _encode(hf, text: str) -> list[int]:
     return list(hf(text, add_special_tokens=False)["input_ids"])
 
 
-def _example(ids: list[int], n_prompt: int) -> Example:
-    mask = np.zeros(len(ids), dtype=bool)
-    mask[n_prompt:] = True
-    return Example(np.asarray(ids, dtype=np.int32), mask)
-
-
 def encode_side(tokenizer, prompt, completion, conversational: bool, tools=None) -> Example:
-    """Prompt + one completion as tokens, with the mask on the completion tokens (`smolmac`).
+    """Prompt + one completion as tokens, with the mask on the completion tokens.
 
     Chat: the prompt is rendered with the generation prompt; the completion is where the tokens
     of the whole conversation leave the prompt's (TRL's `common_prefix_length`), up to and
@@ -128,8 +122,17 @@ def encode_side(tokenizer, prompt, completion, conversational: bool, tools=None)
     else:
         ids = _encode(hf, prompt)
         p = len(ids)
-        ids = ids + _encode(hf, completion) + ([hf.eos_token_id] if hf.eos_token_id is not None else [])
-    return _example(ids, p)
+        comp = _encode(hf, completion) + ([hf.eos_token_id] if hf.eos_token_id is not None else [])
+        ids = ids + comp
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[p:] = True
+    return Example(np.asarray(ids, dtype=np.int32), mask)
+
+
+def _example(ids: list[int], n_prompt: int) -> Example:
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[n_prompt:] = True
+    return Example(np.asarray(ids, dtype=np.int32), mask)
 
 
 def encode_pair_trl_dpo(tokenizer, prompt, chosen, rejected, conversational: bool, tools=None) -> tuple[Example, Example]:
