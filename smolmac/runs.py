@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from smolmac import events as ev
-from smolmac import storage
+from smolmac import storage, trackers
 from smolmac.config import Config, load_recipe
 from smolmac.errors import UserError
 
@@ -75,7 +75,7 @@ def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
 # Keys `--set` may change on `--resume`: they change how long and how often, not what the
 # checkpoints hold (model, data, method, adapter shape, optimizer).
 SAFE_ON_RESUME = ("train.lr", "train.steps", "train.epochs", "train.report_every", "train.early_stopping",
-                  "eval.every", "eval.batches", "save.every", "save.keep")
+                  "eval.every", "eval.batches", "save.every", "save.keep", "report_to")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -181,19 +181,26 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
     m = method(cfg.method)
     if not m.trains and resume and m.load().finished(run_dir) and not overrides:
         return Run(run_dir, cfg, ev.current(ev.read_events(run_dir / "events.jsonl")))  # nothing to redo
+    trackers.require(cfg.report_to)  # a missing tracker package fails before anything is written
     with storage.run_lock(run_dir, create=not resume):
         # Whatever an interrupted write left is stale now that this process holds the lock.
         storage.remove_leftovers(run_dir, run_dir / "checkpoints", run_dir / "tokens")
         cfg, changes = open_run_dir(cfg, run_dir, resume, overrides)
         log_path = run_dir / "events.jsonl"
         again = log_path.is_file() and log_path.stat().st_size > 0  # an earlier attempt reported
-        with ev.EventLog(log_path, on_event) as log:  # a failure becomes an error event
-            if changes:
-                log(ev.ConfigChange(step=_last_checkpoint_step(run_dir), changes=changes))
-            if not m.trains:
-                m.load().train_stage(cfg, run_dir, log)
-                return Run(run_dir, cfg, ev.current(ev.read_events(log_path)))
-            return _run(cfg, run_dir, resume, log, stop, again)
+        mirror = trackers.mirror(cfg, run_dir)  # report_to of the recipe the run uses (the saved one on resume)
+        try:
+            # events.jsonl first, then the caller's callback, then the trackers (report_to)
+            with ev.EventLog(log_path, trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
+                if changes:
+                    log(ev.ConfigChange(step=_last_checkpoint_step(run_dir), changes=changes))
+                if not m.trains:
+                    m.load().train_stage(cfg, run_dir, log)
+                    return Run(run_dir, cfg, ev.current(ev.read_events(log_path)))
+                return _run(cfg, run_dir, resume, log, stop, again)
+        finally:
+            if mirror is not None:
+                mirror.close()
 
 
 def _last_checkpoint_step(run_dir: Path) -> int:

@@ -62,7 +62,8 @@ def free_bytes(path: str | Path) -> int | None:
 WRITE_ERRNOS = {*FULL, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
-def _is_write_failure(exc: BaseException) -> bool:
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the disk or file system refusing a write (not a program's mistake)."""
     if isinstance(exc, OSError):
         return exc.errno in WRITE_ERRNOS or exc.errno is None  # None: numpy's short write
     # MLX reports a failed write as RuntimeError("[write] Unable to write N bytes to file.")
@@ -99,7 +100,7 @@ def writing(path: str | Path, need: int | None = None, then: str = "then run the
     except UserError:
         raise
     except (OSError, RuntimeError) as e:
-        if not _is_write_failure(e):
+        if not is_write_failure(e):
             raise
         raise write_error(path, e, need, then) from None
 

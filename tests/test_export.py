@@ -381,7 +381,7 @@ def test_a_failed_export_leaves_the_earlier_one_intact(tmp_path, base, monkeypat
     out = export_run(run, "peft", tmp_path / "out")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def full_disk(src, tmp, dtype, say):
+    def full_disk(src, tmp, dtype, say, **options):
         (tmp / "adapter_model.safetensors").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -390,3 +390,50 @@ def test_a_failed_export_leaves_the_earlier_one_intact(tmp_path, base, monkeypat
         export_run(run, "peft", out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+
+
+def test_overwrite_of_a_single_file_replaces_only_a_gguf_file(tmp_path):
+    from smolmac.export import _check_out, exporter
+
+    kind = exporter("gguf")
+    mine = tmp_path / "notes.gguf"
+    mine.write_text("my notes, not a model")
+    with pytest.raises(UserError, match="notes.gguf is not a GGUF file, so --overwrite will not replace it"):
+        _check_out(mine, tmp_path / "run", True, kind)
+    earlier = tmp_path / "model.gguf"
+    earlier.write_bytes(b"GGUF" + bytes(60))
+    _check_out(earlier, tmp_path / "run", True, kind)  # an earlier export: may be replaced
+
+
+def test_peft_export_of_a_qlora_run_names_a_base_transformers_loads(tmp_path, base):
+    """QLoRA: transformers cannot load an MLX 4-bit folder, so the PEFT adapter names the
+    unquantised original when the folder's card records it, or (--with-base) the dequantised
+    base written next to it, or stays as it was with a one-sentence warning."""
+    import torch
+    from mlx_lm import convert
+    from peft import AutoPeftModelForCausalLM
+
+    from smolmac.export import export_run
+
+    qbase = tmp_path / "q4"
+    convert(str(base), str(qbase), quantize=True, q_group_size=32, q_bits=4)
+    run, logits = make_run(tmp_path / "run", qbase, {"targets": "all-linear", "layers": "all", "dora": False})
+
+    messages = []
+    out = export_run(run, "peft", tmp_path / "warned", on_message=messages.append)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(qbase)
+    assert [m for m in messages if "PEFT cannot load it: pass --with-base" in m and m.count(". ") == 0]
+
+    out = export_run(run, "peft", tmp_path / "with-base", with_base=True)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "with-base" / "base").resolve())
+    assert "quantization" not in json.loads((out / "base" / "config.json").read_text())
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    assert np.abs(torch_logits(peft_model) - logits).max() <= TOL  # the dequantised 4-bit weights, exactly
+
+    (qbase / "README.md").write_text(f"---\nbase_model: {base}\nlibrary_name: mlx\n---\n")  # as mlx_lm.convert writes it
+    messages = []
+    out = export_run(run, "peft", tmp_path / "original", on_message=messages.append)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    assert any("unquantised original" in m for m in messages)
+    AutoPeftModelForCausalLM.from_pretrained(str(out))  # loads: the original is a float model
