@@ -306,9 +306,14 @@ def main(argv=None) -> int:
     except MemoryError:
         print("error: not enough memory for this run; lower train.batch_size or train.max_seq_len, set train.grad_checkpoint: true, or use a 4-bit (QLoRA) base.", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        if "memory" in str(e).lower() or "malloc" in str(e).lower():
+    except (OSError, RuntimeError) as e:
+        from smolmac.storage import is_write_failure, write_error
+
+        if isinstance(e, RuntimeError) and ("memory" in str(e).lower() or "malloc" in str(e).lower()):
             print("error: not enough memory for this run; lower train.batch_size or train.max_seq_len, set train.grad_checkpoint: true, or use a 4-bit (QLoRA) base.", file=sys.stderr)
+            return 2
+        if is_write_failure(e):  # a write no module wrapped: still one sentence (a full disk, ...)
+            print(f"error: {write_error(getattr(e, 'filename', None) or 'a file being written', e)}", file=sys.stderr)
             return 2
         raise
 

@@ -262,7 +262,8 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
     maybe_set_recommended_wired_limit()  # Metal only; returns at once on CPU/CUDA
-    model_ref = materialize_model(cfg, run_dir)
+    with storage.writing(run_dir, then=f"then resume with `smolmac train --resume {run_dir}`"):
+        model_ref = materialize_model(cfg, run_dir)  # a new model's tokenizer and init/ are written here
     model, tokenizer, model_config, model_path = load_model(model_ref, t.dtype, cfg.trust_remote_code)
     full = cfg.full or method(cfg.method).full
     if full:
