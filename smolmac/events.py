@@ -87,6 +87,19 @@ class Done(Event):
 
 
 @dataclass
+class Warning(Event):
+    """Something the user should know that does not stop the run, in one line.
+
+    `kind` names the check for tools and tests: "truncated", "untrained_rows", "small_data",
+    "stuck_loss", ...; the CLI prints `message`, the app's dashboard shows it.
+    """
+
+    message: str
+    kind: str = "warning"
+    type = "warning"
+
+
+@dataclass
 class Error(Event):
     message: str
     type = "error"
