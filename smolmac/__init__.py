@@ -8,7 +8,13 @@ Importing smolmac is cheap and loads neither MLX nor the UI; the optimised BLAS 
 so that any later `import mlx.core` in this process uses it (see smolmac/_blas.py).
 """
 
-from smolmac import _blas
+import os
+
+# transformers prints an advisory "PyTorch was not found..." on import when torch is absent (the
+# usual smolmac install: MLX only); advisories only, its real warnings still show.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from smolmac import _blas  # noqa: E402
 
 _blas.load()
 

@@ -25,8 +25,31 @@ from pathlib import Path
 from smolmac.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-sentence errors of the rest of smolmac (no usage block)."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`.", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind, lo=None, hi=None, lo_open=False):
+    """An argparse type: a number of `kind` within [lo, hi] ((lo, hi] when lo_open)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, not {text!r}") from None
+        if value != value or (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+            bounds = f"in {'(' if lo_open else '['}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
+    p = _Parser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
@@ -43,9 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--model", required=True, help="Hub id or local model directory.")
     g.add_argument("--adapter", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir.")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
-    g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
-    g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
-    g.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (default 1.0).")
+    g.add_argument("--max-tokens", type=_number(int, 1), default=256, help="Tokens to generate, >= 1 (default 256).")
+    g.add_argument("--temp", type=_number(float, 0), default=0.0, help="Sampling temperature, >= 0; 0 = greedy (default).")
+    g.add_argument("--top-p", type=_number(float, 0, 1, lo_open=True), default=1.0, help="Nucleus sampling threshold in (0, 1] (default 1.0).")
     g.add_argument("--raw", action="store_true", help="Do not apply the chat template.")
 
     from smolmac.export import EXPORTERS
@@ -67,12 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain).")
     b.add_argument("what", choices=["sft", "dpo", "pretrain"], help="Which benchmark.")
     b.add_argument("--size", default="tiny", choices=["tiny", "135m"], help="Model shape (135m needs a GPU or a Mac).")
-    b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
-    b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
+    b.add_argument("--steps", type=_number(int, 1), default=None, help="Measured steps per system, >= 1.")
+    b.add_argument("--batch-size", type=_number(int, 1), default=8, help="Batch size, >= 1 (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
-    r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
+    r.add_argument("dir", nargs="?", default=None, help="Runs folder (default runs/).")
 
     a = sub.add_parser("tui", help="Open the Textual app.")
     a.add_argument("--runs", default="runs", help="Runs folder (default runs/).")
@@ -86,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
 def _print_keys():
     from smolmac.config import field_help
 
-    for key, tp, default, help_ in field_help():
-        print(f"{key:24} {tp:22} default {default!r}\n    {help_}")
+    for key, tp, default, help_, valid in field_help():
+        print(f"{key:24} {tp:22} default {default!r}" + (f"  ({valid})" if valid else "") + f"\n    {help_}")
 
 
 class ProgressView:
@@ -125,7 +148,7 @@ class ProgressView:
                 self.progress.remove_task(self.task)
             if e["method"] in ("pipeline", "tokenizer"):
                 return  # stage lines and the final table say what happens
-            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
+            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f", {e['dtype']}" if e.get("dtype") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
             if e.get("memory_estimate_gb") is not None:
                 log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['memory_budget_gb']:.0f} GB available" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
             if e.get("memory_suggestion"):
@@ -135,8 +158,13 @@ class ProgressView:
             info = f"loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_second']:,.0f} tok/s  {e['peak_memory_gb']:.2f} GB"
             self.progress.update(self.task, completed=e["step"], info=info)
         elif kind == "eval":
-            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl") and isinstance(v, (int, float)))
-            log(f"step {e['step']}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}  {extra}")
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl", "stage") and isinstance(v, (int, float)) and not isinstance(v, bool))
+            ppl = f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else ""
+            log(f"step {e['step']}: val loss {e['val_loss']:.4f}{ppl}  {extra}".rstrip())
+        elif kind == "warning":
+            from rich.text import Text
+
+            log(Text.assemble(("warning: ", "yellow"), e["message"]))
         elif kind == "sample":
             log(f"[dim]step {e['step']} sample[/] {e['prompt']!r} → {e['completion']!r}")
         elif kind == "checkpoint":
@@ -206,6 +234,8 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from smolmac.generate import load_for_generation, stream
 
+    if not args.prompt.strip():
+        raise UserError("--prompt: the prompt is empty; give some text, e.g. --prompt \"Hi\".")
     model, tok = load_for_generation(args.model, args.adapter)
     for piece in stream(model, tok, args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, chat=False if args.raw else None):
         print(piece, end="", flush=True)
@@ -231,6 +261,12 @@ def cmd_upload(args) -> int:
 def cmd_bench(args) -> int:
     from smolmac.bench import run_bench
 
+    if args.out:  # checked before minutes of benchmarking, not when writing the results
+        out = Path(args.out)
+        if out.is_dir():
+            raise UserError(f"--out: {out} is a directory; give a file name such as {out / 'bench.json'}.")
+        if not out.parent.is_dir():
+            raise UserError(f"--out: the folder {out.parent} does not exist; create it or write the results elsewhere.")
     run_bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
     return 0
 
@@ -241,8 +277,14 @@ def cmd_runs(args) -> int:
 
     from smolmac.launcher import Launcher, list_runs
 
+    folder = Path(args.dir or "runs")
+    if args.dir is not None and not folder.is_dir():
+        raise UserError(f"runs: {folder} {'is a file' if folder.exists() else 'does not exist'}; give the folder that holds your run directories (default runs/).")
+    if not folder.is_dir():
+        print("no runs yet in runs/; start one with `smolmac train RECIPE`.")
+        return 0
     table = Table("run", "status", "method", "model", "step", "loss")
-    for r in list_runs(args.dir, Launcher()):
+    for r in list_runs(folder, Launcher()):
         table.add_row(r["name"], r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
     Console().print(table)
     return 0
@@ -259,7 +301,10 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, 
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 0
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -28,6 +28,24 @@ PRESETS = {
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
+def resolve_dtype(dtype: str) -> str:
+    """`auto` -> the best training precision of the device MLX computes on: bfloat16 on a GPU
+    (Metal, CUDA), float32 on the CPU backend (where bfloat16 matmuls are emulated and run at a
+    fraction of float32's speed). Other names are returned unchanged.
+
+    Args:
+        dtype: "auto", "float32", "bfloat16" or "float16".
+    """
+    if dtype != "auto":
+        return dtype
+    gpu = False
+    if mx.default_device().type == mx.DeviceType.gpu:
+        metal = getattr(mx, "metal", None)
+        cuda = getattr(mx, "cuda", None)
+        gpu = bool((metal is not None and metal.is_available()) or (cuda is not None and cuda.is_available()))
+    return "bfloat16" if gpu else "float32"
+
+
 def preset_config(spec: dict, vocab_size: int, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
     """A Hugging Face LlamaConfig dict from `{preset: nano, hidden_size: ..., ...}` overrides."""
     spec = dict(spec or {})
@@ -204,7 +222,11 @@ def resolve_model_path(spec: str) -> Path:
 
 
 def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """Load model + tokenizer with mlx-lm; returns (model, tokenizer, config, path)."""
+    """Load model + tokenizer with mlx-lm; returns (model, tokenizer, config, path).
+
+    Args:
+        dtype: float32, bfloat16, float16, or auto (see `resolve_dtype`).
+    """
     from mlx_lm.utils import load
 
     path = resolve_model_path(spec)
@@ -223,8 +245,8 @@ def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = Fals
 
 
 def cast_floating(model: nn.Module, dtype: str):
-    """Cast floating-point parameters (not quantised uint32 weights) to `dtype`."""
-    target = DTYPES[dtype]
+    """Cast floating-point parameters (not quantised uint32 weights) to `dtype` (or auto)."""
+    target = DTYPES[resolve_dtype(dtype)]
     model.set_dtype(target, lambda x: mx.issubdtype(x, mx.floating))
     mx.eval(model.parameters())
 

@@ -246,6 +246,8 @@ class Task:
     """What a method gives the loop: batches, a loss, and what to report.
 
     `evaluate_extra(model) -> dict` may add method-specific eval metrics (e.g. exact match).
+    `perplexity`: the loss is a per-token cross-entropy, so exp(val loss) is a perplexity
+    (False for preference losses).
     """
 
     train: object
@@ -256,3 +258,4 @@ class Task:
     truncated: int = 0
     notes: dict | None = None
     evaluate_extra: object | None = None
+    perplexity: bool = True
