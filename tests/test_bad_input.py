@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import chat_rows, write_jsonl
+from conftest import chat_rows, clean_env, write_jsonl
 
 from smolmac.cli import main
 
@@ -413,7 +413,7 @@ def test_no_traceback_reaches_stderr_of_a_real_process(case_id, env):
     case = next(c for c in CASES if c.id.startswith(case_id))
     argv = case.make(env)
     code = "import sys; sys.modules['torch'] = None; from smolmac.cli import main; sys.exit(main(sys.argv[1:]))"
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, cwd=env.root)
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, cwd=env.root, env=clean_env())
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()

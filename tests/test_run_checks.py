@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import WORDS, chat_rows, write_jsonl
+from conftest import WORDS, chat_rows, clean_env, write_jsonl
 
 import smolmac
 from smolmac import config as C
@@ -182,13 +182,21 @@ def test_sft_eval_events_keep_perplexity(tmp_path, tiny_model):
 
 
 def test_normal_commands_print_nothing_on_stderr_without_torch(tmp_path, tiny_model):
-    """As on a Mac with MLX only: transformers' "PyTorch was not found" advisory is silenced."""
+    """As on a Mac with MLX only: transformers' "PyTorch was not found" advisory is silenced,
+    also where transformers is imported before mlx-lm (which silences it too): training a
+    tokenizer, generating, training."""
+    from conftest import corpus
+
     chat = write_jsonl(tmp_path / "c.jsonl", chat_rows(4))
+    (tmp_path / "corpus.txt").write_text("\n\n".join(corpus(200)))
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"model": str(tiny_model), "data": {"train": str(chat)}, "train": {"steps": 1, "batch_size": 4}}))
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"method": "tokenizer", "tokenizer": {"vocab_size": 300}, "data": {"train": "corpus.txt"}}))
     code = "import sys; sys.modules['torch'] = None; from smolmac.cli import main; sys.exit(main(sys.argv[1:]))"
-    for argv in (["generate", "--model", str(tiny_model), "--prompt", "hi", "--max-tokens", "2"],
+    for argv in (["train", "t.yaml", "--run-dir", "tok", "--quiet"],
+                 ["generate", "--model", str(tiny_model), "--prompt", "hi", "--max-tokens", "2"],
                  ["train", "r.yaml", "--run-dir", "run", "--quiet"]):
-        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env())
         assert out.returncode == 0, out.stderr
-        assert out.stderr == "", f"{argv[0]} wrote to stderr:\n{out.stderr}"
+        assert out.stderr == "", f"{' '.join(argv)} wrote to stderr:\n{out.stderr}"
+    assert (tmp_path / "tok" / "tokenizer" / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "run" / "events.jsonl").read_text().splitlines()[-1])["type"] == "done"
