@@ -7,8 +7,6 @@ as the run's `config.yaml`, and label the TUI's form fields. Precedence: CLI > r
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,60 +16,26 @@ import yaml
 
 from smolmac.errors import UserError, did_you_mean
 from smolmac.methods import METHODS
+from smolmac.ranges import (  # noqa: F401  (number, field_problem: re-exported, smolmac.config is their home for callers)
+    Range,
+    above,
+    at_least,
+    between,
+    check_betas,
+    check_columns,
+    check_fraction_or_path,
+    check_layers,
+    check_not_empty,
+    check_prompts,
+    check_stages,
+    check_targets,
+    field_problem,
+    number,
+    type_name,
+    type_ok,
+    valid_values,
+)
 from smolmac.tokenizer import MIN_VOCAB
-
-
-def number(x):
-    """An int when the float is whole (YAML/JSON-friendly: 16.0 -> 16)."""
-    return int(x) if float(x).is_integer() else float(x)
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid values of a number: bounds (each closed or open) plus sentinels allowed besides.
-
-    Declared next to the field (`_f(..., range=...)`), so validation, `--help-keys`, the README
-    table and the app's form all say the same thing.
-    """
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    also: tuple = ()  # sentinel values, e.g. (-1,) for "the whole validation set"
-
-    def __contains__(self, x) -> bool:
-        if x in self.also:
-            return True
-        if not math.isfinite(x):
-            return False
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
-            return False
-        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
-
-    def text(self) -> str:
-        """'>= 1', '> 0', 'in [0, 1)', '-1 or >= 1'."""
-        if self.lo is not None and self.hi is not None:
-            core = f"in {'(' if self.lo_open else '['}{number(self.lo)}, {number(self.hi)}{')' if self.hi_open else ']'}"
-        elif self.lo is not None:
-            core = f"{'>' if self.lo_open else '>='} {number(self.lo)}"
-        elif self.hi is not None:
-            core = f"{'<' if self.hi_open else '<='} {number(self.hi)}"
-        else:
-            core = "finite"
-        return " or ".join([*map(str, self.also), core])
-
-
-def at_least(lo, **kw) -> Range:
-    return Range(lo=lo, **kw)
-
-
-def above(lo) -> Range:
-    return Range(lo=lo, lo_open=True)
-
-
-def between(lo, hi, hi_open=False, lo_open=False) -> Range:
-    return Range(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
 def _f(default, help: str, choices: tuple | None = None, range: Range | None = None, check=None, valid: str | None = None, hint: str | None = None):
@@ -93,72 +57,14 @@ def _f(default, help: str, choices: tuple | None = None, range: Range | None = N
     return field(default=default, metadata=meta)
 
 
-# Checks of structured values: each returns what is wrong ("" / None when nothing is).
-
-
-def _check_columns(value: dict):
-    ours = ("text", "messages", "prompt", "completion", "chosen", "rejected", "tools")
-    for k, v in value.items():
-        if k not in ours:
-            return f"maps unknown column '{k}'{did_you_mean(str(k), ours)} (ours are {', '.join(ours)}; write {{our_name: your_column}})"
-        if not isinstance(v, str) or not v:
-            return f"maps '{k}' to {v!r}, not to a column name"
-    return None
-
-
-def _check_fraction_or_path(value):
-    if isinstance(value, float) and not 0 < value < 1:
-        return "as a fraction must be in (0, 1), e.g. 0.05"
-    if isinstance(value, str) and not value.strip():
-        return "is empty; give a file, folder or Hub dataset id, or a fraction such as 0.05"
-    return None
-
-
-def _check_targets(value):
-    if isinstance(value, str):
-        return None if value == "all-linear" else "must be 'all-linear' or a list such as [q_proj, v_proj]"
-    if not value:
-        return "is an empty list; name at least one module, e.g. [q_proj, v_proj], or use all-linear"
-    bad = next((x for x in value if not isinstance(x, str) or not x), None)
-    return None if bad is None else f"must list module names such as q_proj, not {bad!r}"
-
-
-def _check_layers(value):
-    if isinstance(value, str):
-        return None if value == "all" else "must be 'all' or a number of last blocks (>= 1)"
-    return None if value >= 1 else "must be 'all' or a number of last blocks (>= 1)"
-
-
-def _check_betas(value):
-    if len(value) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in value):
-        return "must be two numbers [beta1, beta2], e.g. [0.9, 0.999]"
-    if not all(0 <= b < 1 for b in value):
-        return "must be two numbers in [0, 1), e.g. [0.9, 0.999]"
-    return None
-
-
-def _check_prompts(value):
-    bad = next((x for x in value if not isinstance(x, str)), None)
-    return None if bad is None else f"must be a list of strings, but holds {bad!r}"
-
-
-def _check_stages(value):
-    bad = next((i for i, s in enumerate(value, 1) if not isinstance(s, dict) or "method" not in s), None)
-    return None if bad is None else f"must be a list of mappings each with a 'method' (stage {bad} is not)"
-
-
-def _check_not_empty(value):
-    return "is empty" if isinstance(value, str) and not value.strip() else None
-
-
 @dataclass
 class DataConfig:
-    train: str | None = _f(None, "Training data: a local jsonl/json/csv/parquet/txt file or folder, or a Hub dataset id.", check=_check_not_empty)
-    valid: Union[str, float, None] = _f(None, "Validation data (same forms as train), or a fraction of train to split off (e.g. 0.05).", check=_check_fraction_or_path, valid="a path or id, or a fraction in (0, 1)")
+    train: str | None = _f(None, "Training data: a local jsonl/json/csv/parquet/txt file or folder, or a Hub dataset id.", check=check_not_empty)
+    valid: Union[str, float, None] = _f(None, "Validation data (same forms as train), or a fraction of train to split off (e.g. 0.05).", check=check_fraction_or_path, valid="a path or id, or a fraction in (0, 1)")
     format: str = _f("auto", "Row format; auto-detected from the columns when 'auto'.", ("auto", "text", "messages", "prompt_completion", "preference"))
-    columns: dict = _f({}, "Map our column names to yours, e.g. {messages: conversations, prompt: question}.", check=_check_columns, valid="{text|messages|prompt|completion|chosen|rejected|tools: your column}")
+    columns: dict = _f({}, "Map our column names to yours, e.g. {messages: conversations, prompt: question}.", check=check_columns, valid="{text|messages|prompt|completion|chosen|rejected|tools: your column}")
     config: str | None = _f(None, "Hub dataset configuration name (the second argument of datasets.load_dataset).")
-    split: str = _f("train", "Split of a Hub dataset used for training.", check=_check_not_empty)
+    split: str = _f("train", "Split of a Hub dataset used for training.", check=check_not_empty)
     valid_split: str | None = _f(None, "Split of a Hub dataset used for validation (e.g. 'test').")
     max_rows: int | None = _f(None, "Use at most the first N training rows (in file order, before a validation fraction is split off).", range=at_least(1), hint="leave it out (null) to use every row")
 
@@ -168,8 +74,8 @@ class LoraConfig:
     rank: int = _f(8, "LoRA rank r.", range=at_least(1))
     alpha: float = _f(16.0, "LoRA alpha with PEFT semantics: the update is scaled by alpha / rank.", range=above(0))
     dropout: float = _f(0.0, "Dropout on the LoRA input.", range=between(0, 1, hi_open=True))
-    targets: Union[str, list] = _f("all-linear", "'all-linear' or a list of leaf module names, e.g. [q_proj, v_proj].", check=_check_targets, valid="all-linear or a non-empty list of names")
-    layers: Union[str, int] = _f("all", "'all' or N: adapt only the last N transformer blocks.", check=_check_layers, valid="all or >= 1")
+    targets: Union[str, list] = _f("all-linear", "'all-linear' or a list of leaf module names, e.g. [q_proj, v_proj].", check=check_targets, valid="all-linear or a non-empty list of names")
+    layers: Union[str, int] = _f("all", "'all' or N: adapt only the last N transformer blocks.", check=check_layers, valid="all or >= 1")
     dora: bool = _f(False, "Use DoRA (weight-decomposed LoRA) instead of LoRA.")
 
 
@@ -184,7 +90,7 @@ class TrainConfig:
     warmup: int = _f(0, "Linear warmup steps from 0 to lr.", range=at_least(0))
     min_lr_ratio: float = _f(0.0, "Final learning rate as a fraction of lr (cosine/linear).", range=between(0, 1))
     weight_decay: float = _f(0.0, "AdamW weight decay (never applied to norms, biases or embeddings).", range=at_least(0))
-    betas: list = _f([0.9, 0.999], "AdamW betas.", check=_check_betas, valid="two numbers in [0, 1)")
+    betas: list = _f([0.9, 0.999], "AdamW betas.", check=check_betas, valid="two numbers in [0, 1)")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this value; 0 disables.", range=at_least(0))
     max_seq_len: int = _f(1024, "Longest sequence in tokens; longer rows are truncated and counted.", range=at_least(16), hint="a chat template alone needs a dozen tokens or more")
     packing: bool = _f(False, "Pack short rows into max_seq_len sequences (no attention across rows).")
@@ -198,10 +104,10 @@ class TrainConfig:
 class EvalConfig:
     every: int = _f(0, "Steps between evaluations (val loss, perplexity, samples); 0 = only at the end.", range=at_least(0))
     batches: int = _f(-1, "Validation batches per evaluation; -1 = the whole validation set.", range=at_least(1, also=(-1,)))
-    prompts: list = _f([], "Fixed prompts for greedy samples at each evaluation.", check=_check_prompts, valid="a list of strings")
+    prompts: list = _f([], "Fixed prompts for greedy samples at each evaluation.", check=check_prompts, valid="a list of strings")
     max_tokens: int = _f(48, "Tokens generated per sample.", range=at_least(1))
-    exact_match: str | None = _f(None, "Held-out {prompt, completion} jsonl: greedy answers are scored by exact match before and after each pipeline stage.", check=_check_not_empty)
-    preference: str | None = _f(None, "Held-out {prompt, chosen, rejected} jsonl: preference accuracy (chosen more likely than rejected) before and after a dpo/orpo stage.", check=_check_not_empty)
+    exact_match: str | None = _f(None, "Held-out {prompt, completion} jsonl: greedy answers are scored by exact match before and after each pipeline stage.", check=check_not_empty)
+    preference: str | None = _f(None, "Held-out {prompt, chosen, rejected} jsonl: preference accuracy (chosen more likely than rejected) before and after a dpo/orpo stage.", check=check_not_empty)
 
 
 @dataclass
@@ -225,10 +131,10 @@ class ORPOConfig:
 
 @dataclass
 class TokenizerConfig:
-    path: str | None = _f(None, "Reuse an existing tokenizer (Hub id or directory) instead of training one.", check=_check_not_empty)
+    path: str | None = _f(None, "Reuse an existing tokenizer (Hub id or directory) instead of training one.", check=check_not_empty)
     type: str = _f("bpe", "Tokenizer model to train.", ("bpe", "unigram"))
     vocab_size: int = _f(4096, "Vocabulary size of the trained tokenizer (special tokens included).", range=at_least(MIN_VOCAB), hint="a byte-level tokenizer needs its 256 bytes and the special tokens")
-    data: str | None = _f(None, "Corpus for tokenizer training; defaults to data.train.", check=_check_not_empty)
+    data: str | None = _f(None, "Corpus for tokenizer training; defaults to data.train.", check=check_not_empty)
 
 
 SECTIONS = {
@@ -249,8 +155,8 @@ class Config:
     method: str = _f("sft", "Training method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + ".", tuple(METHODS))
     full: bool = _f(False, "Full fine-tuning instead of LoRA/DoRA.")
     trust_remote_code: bool = _f(False, "Allow the tokenizer's custom code from the Hub.")
-    name: str | None = _f(None, "Run name used for the default run directory.", check=_check_not_empty)
-    stages: list = _f([], "Pipeline stages, each a partial recipe applied over this one (see README).", check=_check_stages, valid="a list of partial recipes, each with a method")
+    name: str | None = _f(None, "Run name used for the default run directory.", check=check_not_empty)
+    stages: list = _f([], "Pipeline stages, each a partial recipe applied over this one (see README).", check=check_stages, valid="a list of partial recipes, each with a method")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA/DoRA adapter."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
@@ -310,96 +216,8 @@ def _load_yaml_with_lines(text: str, source: str) -> tuple[dict, dict]:
     return data, lines
 
 
-def _type_ok(value, tp) -> tuple[bool, Any]:
-    """Check/coerce `value` against an annotation. Returns (ok, coerced)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True, value
-    if origin in (Union, types.UnionType):  # Optional[X] and X | None
-        for arg in typing.get_args(tp):
-            ok, v = _type_ok(value, arg)
-            if ok:
-                return True, v
-        return False, value
-    if tp is type(None):
-        return value is None, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, int):
-            return True, value
-        if isinstance(value, float) and value.is_integer():
-            return True, int(value)
-        if isinstance(value, str):
-            try:
-                return True, int(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is float:
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, (int, float)):
-            return True, float(value)
-        if isinstance(value, str):  # PyYAML reads "1e-4" as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    if tp is list or origin is list:
-        return isinstance(value, list), value
-    if tp is dict or origin is dict:
-        return isinstance(value, dict), value
-    return True, value
-
-
-def _type_name(tp) -> str:
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return {type(None): "null", list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
-
-
-def valid_values(fdef: dataclasses.Field) -> str:
-    """What a field accepts beyond its type, in words ("> 0", "in [0, 1)", "one of a, b"), or ""."""
-    meta = fdef.metadata
-    if "choices" in meta:
-        return "one of " + ", ".join(map(str, meta["choices"]))
-    if "range" in meta:
-        return meta["range"].text()
-    return meta.get("valid", "")
-
-
-def field_problem(fdef: dataclasses.Field, value, given=None) -> str | None:
-    """What is wrong with a type-checked value of a field (the end of a sentence), or None.
-
-    Args:
-        value: the value after type coercion; `given`: as the user wrote it (shown in the error).
-    """
-    meta = fdef.metadata
-    if value is None:
-        return None
-    shown = repr(value if given is None else given)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        return f"must be one of {', '.join(map(str, choices))}, not {shown}{did_you_mean(str(value), choices)}"
-    rng = meta.get("range")
-    if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in rng:
-        return f"must be {rng.text()}, not {shown}" + (f" ({meta['hint']})" if meta.get("hint") else "")
-    check = meta.get("check")
-    problem = check(value) if check else None
-    if problem:
-        return f"{problem}, not {shown}" if problem.startswith("must") else problem
-    return None
 
 
 def _set_field(obj, key: str, value, where: str, dotted: str):
@@ -408,9 +226,9 @@ def _set_field(obj, key: str, value, where: str, dotted: str):
     if key not in names:
         raise UserError(f"{where}: unknown key '{dotted}'{did_you_mean(key, names)}; see `smolmac train --help-keys` for every key.")
     tp = hints[key]
-    ok, coerced = _type_ok(value, tp)
+    ok, coerced = type_ok(value, tp)
     if not ok:
-        raise UserError(f"{where}: '{dotted}' must be {_type_name(tp)}, not {value!r}.")
+        raise UserError(f"{where}: '{dotted}' must be {type_name(tp)}, not {value!r}.")
     fdef = next(f for f in dataclasses.fields(obj) if f.name == key)
     problem = field_problem(fdef, coerced, value)
     if problem:
@@ -574,12 +392,12 @@ def field_help(section: str | None = None) -> list[tuple[str, str, Any, str, str
     for f in dataclasses.fields(Config):
         if f.name in SECTIONS:
             continue
-        rows.append((f.name, _type_name(_hints(Config)[f.name]), f.default if f.default is not dataclasses.MISSING else None, f.metadata["help"], valid_values(f)))
+        rows.append((f.name, type_name(_hints(Config)[f.name]), f.default if f.default is not dataclasses.MISSING else None, f.metadata["help"], valid_values(f)))
     for name, cls in SECTIONS.items():
         if section and name != section:
             continue
         hints = _hints(cls)
         inst = cls()
         for f in dataclasses.fields(cls):
-            rows.append((f"{name}.{f.name}", _type_name(hints[f.name]), getattr(inst, f.name), f.metadata["help"], valid_values(f)))
+            rows.append((f"{name}.{f.name}", type_name(hints[f.name]), getattr(inst, f.name), f.metadata["help"], valid_values(f)))
     return rows
