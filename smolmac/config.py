@@ -27,7 +27,6 @@ from smolmac.ranges import (  # noqa: F401  (number, field_problem: re-exported,
     check_layers,
     check_not_empty,
     check_prompts,
-    check_stages,
     check_targets,
     field_problem,
     number,
@@ -156,7 +155,7 @@ class Config:
     full: bool = _f(False, "Full fine-tuning instead of LoRA/DoRA.")
     trust_remote_code: bool = _f(False, "Allow the tokenizer's custom code from the Hub.")
     name: str | None = _f(None, "Run name used for the default run directory.", check=check_not_empty)
-    stages: list = _f([], "Pipeline stages, each a partial recipe applied over this one (see README).", check=check_stages, valid="a list of partial recipes, each with a method")
+    stages: list = _f([], "Pipeline stages, each a partial recipe applied over this one (see README).", valid="a list of partial recipes, each with a method")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA/DoRA adapter."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
@@ -376,8 +375,11 @@ def check_stages(cfg: Config, source: str = "recipe", lines: dict | None = None)
         return
     base = {k: v for k, v in cfg.to_dict().items() if k != "stages"}
     for i, stage in enumerate(cfg.stages, 1):
+        where = _locator(source, lines, i)("stages")
+        if not isinstance(stage, dict) or "method" not in stage:
+            raise UserError(f"{where}: stages[{i}]: each stage must be a mapping with at least 'method', e.g. {{method: sft, train: {{steps: 100}}}}.")
         if "stages" in stage:
-            raise UserError(f"{_locator(source, lines, i)('stages')}: stages[{i}] cannot have its own 'stages'.")
+            raise UserError(f"{where}: stages[{i}] cannot have its own 'stages'.")
         scfg = apply_mapping(Config(), base, "<recipe>")
         apply_mapping(scfg, stage, source, lines, stage=i)
         if scfg.model is None:
@@ -388,11 +390,11 @@ def check_stages(cfg: Config, source: str = "recipe", lines: dict | None = None)
 def field_help(section: str | None = None) -> list[tuple[str, str, Any, str, str]]:
     """(dotted key, type, default, help, valid values) for every key; used by --help-keys, the
     README table and the app's form."""
-    rows = []
+    rows, top = [], Config()
     for f in dataclasses.fields(Config):
         if f.name in SECTIONS:
             continue
-        rows.append((f.name, type_name(_hints(Config)[f.name]), f.default if f.default is not dataclasses.MISSING else None, f.metadata["help"], valid_values(f)))
+        rows.append((f.name, type_name(_hints(Config)[f.name]), getattr(top, f.name), f.metadata["help"], valid_values(f)))
     for name, cls in SECTIONS.items():
         if section and name != section:
             continue

@@ -118,11 +118,6 @@ def check_prompts(value):
     return None if bad is None else f"must be a list of strings, but holds {bad!r}"
 
 
-def check_stages(value):
-    bad = next((i for i, s in enumerate(value, 1) if not isinstance(s, dict) or "method" not in s), None)
-    return None if bad is None else f"must be a list of mappings each with a 'method' (stage {bad} is not)"
-
-
 def check_not_empty(value):
     return "is empty" if isinstance(value, str) and not value.strip() else None
 

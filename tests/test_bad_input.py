@@ -247,7 +247,7 @@ CASES = [
     Case("key-unknown-top", recipe({"modle": "x"}), r"r\.yaml:\d+: unknown key 'modle' \(did you mean 'model'\?\)", line_has="modle:"),
     Case("key-unknown-sub", recipe({"train": {"learning_rate": 1}}), r"r\.yaml:\d+: unknown key 'train\.learning_rate'", line_has="learning_rate:"),
     Case("key-section-not-mapping", recipe(raw="model: m\ntrain: 5\n"), r"r\.yaml:2: 'train' must be a mapping", line_has="train:"),
-    Case("stage-no-method", recipe({"stages": [{"train": {"lr": 1}}]}), r"r\.yaml:\d+: 'stages' must be a list of mappings each with a 'method'"),
+    Case("stage-no-method", recipe({"stages": [{"train": {"lr": 1}}]}), r"r\.yaml:\d+: stages\[1\]: each stage must be a mapping with at least 'method'", line_has="- train:"),
     Case("stage-bad-lr", recipe({"stages": [{"method": "sft"}, {"method": "sft", "train": {"lr": -1}}]}),
          r"r\.yaml:\d+: 'stages\[2\]\.train\.lr' must be > 0", line_has="lr:"),
     Case("stage-nested-stages", recipe({"stages": [{"method": "sft", "stages": []}]}), r"r\.yaml:\d+: stages\[1\] cannot have its own 'stages'"),
