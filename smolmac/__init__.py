@@ -47,8 +47,7 @@ class _CommandModule(types.ModuleType):
     """A module that, called, runs the API function of the same name (smolmac.api)."""
 
     def __call__(self, *args, **kwargs):
-        from smolmac import api
-
+        api = importlib.import_module("smolmac.api")  # on call, like _LAZY: smolmac.api imports this module
         return getattr(api, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
 
 

@@ -18,7 +18,7 @@ import contextlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -42,7 +42,7 @@ class Adapter:
     (e.g. `model.layers.3.self_attn.q_proj`).
     """
 
-    weights: dict
+    weights: dict = field(repr=False)
     rank: int
     alpha: float
     scale: float
@@ -229,6 +229,11 @@ def adapter_layers(model: nn.Module, ad: Adapter, source: str = "adapter") -> li
     from mlx_lm.tuner.dora import DoRALinear
     from mlx_lm.tuner.lora import LoRALinear
 
+    from smolmac.models import blocks
+
+    n = len(blocks(model))
+    if ad.n_blocks and ad.n_blocks != n:  # same shapes, another depth: it would fit, wrongly
+        raise UserError(f"{source}: the adapter was trained on a base model with {ad.n_blocks} blocks and this one has {n}; load it on the base model it was trained on ({ad.base}).")
     modules = dict(model.named_modules())
     cls = DoRALinear if ad.dora else LoRALinear
     new = []

@@ -112,20 +112,48 @@ def upload(path, repo: str, private: bool = False, dry_run: bool = False, messag
 def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=None, format: str = "peft",
             overwrite: bool = False, on_message=None) -> Path:
     """`smolmac adapters combine`: combine adapters into one with PEFT's add_weighted_adapter
-    definitions (linear, cat, svd; see smolmac/combining.py) and write it as an adapter.
+    definitions (linear, cat, svd; see smolmac/combining.py) and write it as an adapter at `to`
+    (a temp dir renamed into place, so nothing is written there on error), with a model card.
 
     Args:
         adapters: adapter dirs (runs, mlx-lm or PEFT dirs), a list of "DIR" / "NAME=DIR", or {name: dir}.
         weights: one number per adapter (or "0.7,0.3").
         method: "linear" (equal ranks), "cat" (rank = sum of ranks) or "svd".
         rank: the rank of an svd combination (default: the largest rank).
-        to: output directory (nothing is written there on error).
+        to: output directory.
         format: "peft" or "mlx".
+        overwrite: replace a non-empty `to`.
+        on_message: receives progress sentences (e.g. print).
     """
-    from smolmac.combining import combine_dirs
+    import os
 
-    specs = [f"{k}={v}" for k, v in adapters.items()] if isinstance(adapters, dict) else list(adapters)
-    return combine_dirs(specs, weights, method, rank, to, format, overwrite, on_message)
+    from smolmac.adapters import parse_adapter_specs, read_adapter
+    from smolmac.combining import combine as combine_adapters
+    from smolmac.combining import parse_weights
+    from smolmac.errors import UserError
+    from smolmac.export import EXPORTERS, check_out, write_export
+    from smolmac.export.sources import Source
+
+    say = on_message or (lambda _m: None)
+    formats = [k for k, e in EXPORTERS.items() if e.adapter]
+    if format not in formats:
+        raise UserError(f"--format: '{format}' is not an adapter format; choose {' or '.join(formats)} (export the combined adapter fused with `smolmac export OUT --format hf`).")
+    if to is None:
+        raise UserError("--to: give the output directory of the combined adapter.")
+    specs = [f"{k}={v}" for k, v in adapters.items()] if isinstance(adapters, dict) else [str(a) for a in adapters]
+    named = parse_adapter_specs(specs, "combine")
+    seen: dict[str, str] = {}
+    for name, path in named.items():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UserError(f"combine: '{path}' is given twice (as '{seen[key]}' and '{name}'); give each adapter once and set its weight with --weights.")
+        seen[key] = name
+        check_out(Path(to), Path(path), overwrite)
+    weights = parse_weights(weights)
+    ad = combine_adapters({name: read_adapter(path) for name, path in named.items()}, weights, method, rank)
+    say(f"combined {', '.join(f'{n} ({w:g})' for n, w in zip(named, weights))} with {method}: rank {ad.rank}, {len(ad.modules())} modules.")
+    info = {"combined": {"method": method, "adapters": list(named), "weights": weights, "rank": ad.rank}}
+    return write_export(Source(Path(next(iter(named.values()))), adapter=ad), format, Path(to), overwrite=overwrite, on_message=say, info=info)
 
 
 def runs(runs_dir: str | Path = "runs") -> list[dict]:

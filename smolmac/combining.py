@@ -30,13 +30,12 @@ adapter's `use_rslora`, which rescales the combination by √rank).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from smolmac.adapters import Adapter, parse_adapter_specs, read_adapter
+from smolmac.adapters import Adapter
 from smolmac.errors import UserError, did_you_mean
 
 METHODS = ("linear", "cat", "svd")
@@ -154,43 +153,3 @@ def parse_weights(text) -> list[float]:
         except (TypeError, ValueError):
             raise UserError(f"--weights: '{str(item).strip()}' is not a number; give one number per adapter, e.g. --weights 0.7,0.3.") from None
     return out
-
-
-def combine_dirs(specs, weights, method: str = "svd", rank: int | None = None, to=None, fmt: str = "peft",
-                 overwrite: bool = False, on_message=None) -> Path:
-    """`smolmac adapters combine`: read adapters, combine them, write the result at `to` (a temp
-    dir renamed into place, so nothing is written there on error), with a model card.
-
-    Args:
-        specs: adapter dirs (run dirs, mlx-lm or PEFT adapter dirs), each `DIR` or `NAME=DIR`.
-        weights: one number per adapter, or a "0.7,0.3" string.
-        method, rank: see `combine`.
-        to: output directory.
-        fmt: "peft" or "mlx" (an adapter layout of smolmac.export.EXPORTERS).
-        overwrite: replace a non-empty `to`.
-        on_message: receives progress sentences (e.g. print).
-    """
-    from smolmac.export import EXPORTERS, check_out, write_export
-    from smolmac.export.sources import Source
-
-    say = on_message or (lambda _m: None)
-    formats = [k for k, e in EXPORTERS.items() if e.adapter]
-    if fmt not in formats:
-        raise UserError(f"--format: '{fmt}' is not an adapter format; choose {' or '.join(formats)} (export the combined adapter fused with `smolmac export OUT --format hf`).")
-    if to is None:
-        raise UserError("--to: give the output directory of the combined adapter.")
-    named = parse_adapter_specs(specs, "combine")
-    seen: dict[str, str] = {}
-    for name, path in named.items():
-        key = os.path.realpath(path)
-        if key in seen:
-            raise UserError(f"combine: '{path}' is given twice (as '{seen[key]}' and '{name}'); give each adapter once and set its weight with --weights.")
-        seen[key] = name
-    for path in named.values():
-        check_out(Path(to), Path(path), overwrite)
-    weights = parse_weights(weights)
-    adapters = {name: read_adapter(path) for name, path in named.items()}
-    ad = combine(adapters, weights, method, rank)
-    say(f"combined {', '.join(f'{n} ({w:g})' for n, w in zip(named, weights))} with {method}: rank {ad.rank}, {len(ad.modules())} modules.")
-    info = {"combined": {"method": method, "adapters": list(named), "weights": weights, "rank": ad.rank}}
-    return write_export(Source(Path(next(iter(named.values()))), adapter=ad), fmt, Path(to), overwrite=overwrite, info=info)

@@ -118,15 +118,19 @@ def test_memory_is_one_base_plus_the_adapters(base, runs):
     assert info["adapters"]["dora-qv-last1-r8"]["dora"] and info["adapters"]["lora-mlp-r2"]["rank"] == 2
 
 
-def test_an_adapter_for_another_base_is_refused_naming_it_and_the_module(tmp_path, tiny_tokenizer, base):
+def test_an_adapter_for_another_base_is_refused_naming_it_and_the_module(tmp_path, tiny_tokenizer, base, runs):
     from smolmac.models import new_model
 
     other = new_model({"preset": "nano", "hidden_size": 32, "initializer_range": 0.2}, tiny_tokenizer, tmp_path / "other", seed=0)
     run, _ = make_run(tmp_path / "run", other, {"targets": ["q_proj"], "layers": "all", "dora": False})
+    base_run = runs["lora-qv-last1"][0]  # last block only: the recorded depth tells
     m = smolmac.load(str(base), dtype="float32")
     with pytest.raises(UserError, match=r"^adapter 'small' \(.*run\): 'model\.layers\.0\.self_attn\.q_proj\.lora_a' has shape \(32, 4\), the model needs \(64, 4\)"):
         m.add("small", run)
     assert m.adapters == {} and m.active is None
+    deeper = new_model({"preset": "nano", "num_hidden_layers": 3, "initializer_range": 0.2}, tiny_tokenizer, tmp_path / "deeper", seed=0)
+    with pytest.raises(UserError, match=r"^adapter 'two' \(.*\): the adapter was trained on a base model with 2 blocks and this one has 3"):
+        smolmac.load(str(deeper), {"two": base_run}, dtype="float32")
     with pytest.raises(UserError, match="adapter 'nope' is not loaded"):
         m.use("nope")
     with pytest.raises(UserError, match="'none' is reserved"):

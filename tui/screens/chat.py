@@ -153,20 +153,27 @@ class ChatScreen(Screen):
     def mode(self) -> str:
         return self.query_one("#chat-mode", Select).value
 
-    def _adapter_panes(self) -> list[Transcript]:
+    def _title(self, name: str) -> str:
         single = len(self.columns) == 1 and "=" not in (self.run_dir or "")
-        return [Transcript(side, t("with the run's adapter") if single else t("with adapter {name}", name=name), id=f"pane-{side}")
-                for side, name, _ in self.columns]
+        return t("with the run's adapter") if single else t("with adapter {name}", name=name)
+
+    def _adapter_panes(self) -> list[Transcript]:
+        return [Transcript(side, self._title(name), id=f"pane-{side}") for side, name, _ in self.columns]
 
     async def _sync_columns(self, columns: list) -> None:
-        """Show one pane per adapter of the field; panes of changed adapters start afresh."""
-        if columns == self.columns:
-            return
-        for pane in list(self.query(Transcript)):
-            if pane.side != "base":
-                await pane.remove()
-        self.columns = columns
-        await self.query_one("#chat-panes").mount(*self._adapter_panes())
+        """One pane per adapter of the field: a column whose adapter is unchanged keeps its
+        conversation, a changed one starts afresh, extra ones go."""
+        old, self.columns = self.columns, columns
+        panes = self.query_one("#chat-panes")
+        for i, (side, name, path) in enumerate(columns):
+            if i < len(old) and old[i] == (side, name, path):
+                self.query_one(f"#pane-{side}", Transcript).border_title = self._title(name)
+                continue
+            if i < len(old):
+                await self.query_one(f"#pane-{side}").remove()
+            await panes.mount(Transcript(side, self._title(name), id=f"pane-{side}"), after=i)
+        for side, _, _ in old[len(columns):]:
+            await self.query_one(f"#pane-{side}").remove()
         self._show_panes()
 
     def _show_panes(self) -> None:
