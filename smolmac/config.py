@@ -35,6 +35,17 @@ from smolmac.ranges import (  # noqa: F401  (number, field_problem: re-exported,
     valid_values,
 )
 from smolmac.tokenizer import MIN_VOCAB
+from smolmac.trackers import TRACKERS
+
+
+def check_trackers(value):
+    names = [value] if isinstance(value, str) else value
+    bad = next((n for n in names if n not in TRACKERS), None)
+    if bad is not None:
+        return f"takes {', '.join(TRACKERS)}, not {bad!r}{did_you_mean(str(bad), TRACKERS)}"
+    if len(set(names)) != len(names):
+        return f"names a tracker twice: {names}"
+    return None
 
 
 def _f(default, help: str, choices: tuple | None = None, range: Range | None = None, check=None, valid: str | None = None, hint: str | None = None):
@@ -120,12 +131,14 @@ class DPOConfig:
     beta: float = _f(0.1, "DPO temperature beta.", range=above(0))
     loss: str = _f("sigmoid", "DPO loss variant (TRL's definitions).", ("sigmoid", "ipo", "hinge"))
     label_smoothing: float = _f(0.0, "Label smoothing epsilon for the sigmoid loss (cDPO).", range=between(0, 0.5, hi_open=True))
+    tokenization: str = _f("smolmac", "How pairs become tokens: smolmac (reply up to and including its end-of-turn token; plain strings become chat turns when the tokenizer has a template) or trl (TRL's DPOTrainer tokens: the template's trailing newline trained, plain strings kept plain with EOS and the tokenizer's BOS).", ("smolmac", "trl"))
 
 
 @dataclass
 class ORPOConfig:
     beta: float = _f(0.1, "Weight lambda of the odds-ratio term.", range=at_least(0))
     nll: str = _f("completion", "NLL over the chosen completion only, or the full chosen sequence like TRL.", ("completion", "full"))
+    tokenization: str = _f("smolmac", "How pairs become tokens: smolmac (reply up to and including its end-of-turn token; plain strings become chat turns when the tokenizer has a template) or trl (TRL's ORPOTrainer tokens: the template's trailing newline trained, EOS appended again, BOS prepended, plain strings kept plain).", ("smolmac", "trl"))
 
 
 @dataclass
@@ -155,6 +168,7 @@ class Config:
     full: bool = _f(False, "Full fine-tuning instead of LoRA/DoRA.")
     trust_remote_code: bool = _f(False, "Allow the tokenizer's custom code from the Hub.")
     name: str | None = _f(None, "Run name used for the default run directory.", check=check_not_empty)
+    report_to: Union[str, list] = _f([], "Also mirror every event to these trackers: tensorboard, trackio, wandb (each an optional extra: pip install 'smolmac[tensorboard]'); events.jsonl stays the record.", check=check_trackers, valid="a list of " + ", ".join(TRACKERS))
     stages: list = _f([], "Pipeline stages, each a partial recipe applied over this one (see README).", valid="a list of partial recipes, each with a method")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA/DoRA adapter."})
@@ -366,6 +380,8 @@ def validate(cfg: Config, source: str = "recipe", lines: dict | None = None, sta
         raise UserError(f"{where('train.epochs')}: '{name}train.epochs' is 0 and 'train.steps' is 0, so nothing would train; set train.steps > 0 or train.epochs > 0.")
     if cfg.dpo.label_smoothing and cfg.dpo.loss != "sigmoid":
         raise UserError(f"{where('dpo.label_smoothing')}: '{name}dpo.label_smoothing' applies only to dpo.loss: sigmoid, not {cfg.dpo.loss}; set it to 0.")
+    if isinstance(cfg.report_to, str):  # `--set report_to=wandb` means [wandb]
+        cfg.report_to = [cfg.report_to]
 
 
 def check_stages(cfg: Config, source: str = "recipe", lines: dict | None = None):

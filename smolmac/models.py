@@ -28,22 +28,24 @@ PRESETS = {
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
-def resolve_dtype(dtype: str) -> str:
-    """`auto` -> the best training precision of the device MLX computes on: bfloat16 on a GPU
-    (Metal, CUDA), float32 on the CPU backend (where bfloat16 matmuls are emulated and run at a
-    fraction of float32's speed). Other names are returned unchanged.
+def resolve_dtype(dtype: str = "auto") -> str:
+    """A dtype name for training and loading models: "auto" is the best precision of the device
+    MLX computes on, bfloat16 on a GPU backend (Metal, CUDA) and float32 on the CPU backend (where
+    bfloat16 matmuls are emulated and run at a fraction of float32's speed); the others (float32,
+    float16, bfloat16) are returned as given.
 
     Args:
-        dtype: "auto", "float32", "bfloat16" or "float16".
+        dtype: "auto", "float32", "float16" or "bfloat16".
     """
-    if dtype != "auto":
-        return dtype
-    gpu = False
-    if mx.default_device().type == mx.DeviceType.gpu:
-        metal = getattr(mx, "metal", None)
-        cuda = getattr(mx, "cuda", None)
-        gpu = bool((metal is not None and metal.is_available()) or (cuda is not None and cuda.is_available()))
-    return "bfloat16" if gpu else "float32"
+    if dtype == "auto":
+        gpu = False
+        if mx.default_device().type == mx.DeviceType.gpu:
+            metal, cuda = getattr(mx, "metal", None), getattr(mx, "cuda", None)
+            gpu = bool((metal is not None and metal.is_available()) or (cuda is not None and cuda.is_available()))
+        return "bfloat16" if gpu else "float32"
+    if dtype not in DTYPES:
+        raise UserError(f"dtype: '{dtype}' is not supported; choose auto, float32, float16 or bfloat16.")
+    return dtype
 
 
 def preset_config(spec: dict, vocab_size: int, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
@@ -174,18 +176,23 @@ def save_model_dir(model: nn.Module, tokenizer, config: dict, out_dir: str | Pat
         config["torch_dtype"] = dtype
     (out / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=2))
     if tokenizer is not None:
-        hf_tok = hf_tokenizer(tokenizer)
-        hf_tok.save_pretrained(str(out))
-        gen = {"do_sample": False}
-        for key in ("bos_token_id", "pad_token_id"):
-            if config.get(key) is not None:
-                gen[key] = config[key]
-        eos = sorted({i for i in [config.get("eos_token_id"), hf_tok.eos_token_id, hf_tok.convert_tokens_to_ids("<|endoftext|>")] if isinstance(i, int) and i >= 0 and i != hf_tok.unk_token_id}) if hasattr(hf_tok, "convert_tokens_to_ids") else config.get("eos_token_id")
-        gen["eos_token_id"] = eos
-        (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        save_tokenizer(tokenizer, config, out)
     for name, text in (extra_files or {}).items():
         (out / name).write_text(text)
     return out
+
+
+def save_tokenizer(tokenizer, config: dict, out: Path):
+    """The tokenizer files and generation_config.json (greedy; every end-of-turn id) into `out`."""
+    hf_tok = hf_tokenizer(tokenizer)
+    hf_tok.save_pretrained(str(out))
+    gen = {"do_sample": False}
+    for key in ("bos_token_id", "pad_token_id"):
+        if config.get(key) is not None:
+            gen[key] = config[key]
+    eos = sorted({i for i in [config.get("eos_token_id"), hf_tok.eos_token_id, hf_tok.convert_tokens_to_ids("<|endoftext|>")] if isinstance(i, int) and i >= 0 and i != hf_tok.unk_token_id}) if hasattr(hf_tok, "convert_tokens_to_ids") else config.get("eos_token_id")
+    gen["eos_token_id"] = eos
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
 
 _LOCAL_HINT = re.compile(r"^(\.|/|~)|^[A-Za-z]:\\")
