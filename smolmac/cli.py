@@ -169,7 +169,15 @@ def _show_json(e):
 
 def _train_process(args, stop) -> int:
     """One process of a data-parallel group (started by mlx.launch for --nproc/--hostfile):
-    process 0 prints its events as JSON lines for the launcher, the others print nothing."""
+    process 0 prints its events as JSON lines for the launcher, the others print nothing.
+
+    It ends with os._exit: everything is written and closed by then, and Python's final garbage
+    collection of a heap holding transformers and mlx-lm takes seconds (measured: 4 s for one
+    process, 13 s for two sharing 2 cores), while the group is done only when all have exited.
+    """
+    import os
+    import traceback
+
     from smolmac import api, distributed, runs
 
     run_dir = Path(args.run_dir)
@@ -177,7 +185,20 @@ def _train_process(args, stop) -> int:
     def run(cfg, rd, resume, main):
         api.run(cfg, rd, resume=resume, on_event=_show_json if main else None, stop=stop)
 
-    return distributed.run_worker(lambda: (runs.read_config(run_dir), run_dir, bool(args.resume)), run, stop)
+    try:
+        code = distributed.run_worker(lambda: (runs.read_config(run_dir), run_dir, bool(args.resume)), run, stop)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints already written are kept.", file=sys.stderr)
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_train(args) -> int:

@@ -19,6 +19,8 @@ import json
 import os
 import re
 import selectors
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,7 +156,9 @@ def train_group(cfg, run_dir: Path, resume: bool = False, *, nproc: int | None =
         return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"), stopped=bool(last.get("stopped")),
                    adapter_path=run_dir / "adapter" if (run_dir / "adapter").is_dir() else None,
                    model_path=run_dir / "model" if (run_dir / "model").is_dir() else None)
-    how = ", ".join(f"process {r} {_status(c)}" for r, c in sorted(failed.items())) or "the group ended early"
+    # killed processes first, then those that exited with an error, then those mlx.launch stopped
+    order = sorted(failed.items(), key=lambda rc: (0 if rc[1] is not None and rc[1] < 0 and rc[1] != -15 else 1 if rc[1] is not None and rc[1] > 0 else 2, rc[0]))
+    how = ", ".join(f"process {r} {_status(c)}" for r, c in order) or "the group ended early"
     if last and last["type"] == "error":
         message = last["message"]
     else:  # process 0 could not write it: it died, or the group ended without a word
@@ -163,7 +167,7 @@ def train_group(cfg, run_dir: Path, resume: bool = False, *, nproc: int | None =
             log(ev.Error(step=(last or {}).get("step", 0), message=message))
     ckpts = list_checkpoints(run_dir / "checkpoints")
     how_to = f"--nproc {nproc}" if nproc else f"--hostfile {hostfile}"
-    kept = (f"; its last checkpoint is {ckpts[-1].name}: continue with smolmac train --resume {run_dir} {how_to}" if ckpts else
+    kept = (f"; continue from its last checkpoint (step {int(ckpts[-1].name.split('-')[-1])}) with smolmac train --resume {run_dir} {how_to}" if ckpts else
             f"; it wrote no checkpoint yet: smolmac train --resume {run_dir} {how_to} starts it again")
     raise UserError(message.rstrip(".") + (f" ({how})" if failed and how not in message else "") + kept + ".")
 
@@ -254,3 +258,143 @@ def _line(line: str, stream: str, seen: list, statuses: dict, on_event):
     if not plain or _NOISE.match(plain) or plain.startswith("error: "):
         return  # the group's one error is reported at the end (and is in events.jsonl)
     print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# launch-check: can every host run the recipe?
+
+# Runs on each host with the interpreter the group would use; prints one JSON line.
+PROBE = r"""
+import json, os, socket, sys
+out = {"host": socket.gethostname(), "python": sys.version.split()[0], "cwd": os.getcwd()}
+for mod, name in (("smolmac", "smolmac"), ("mlx.core", "mlx")):
+    try:
+        out[name] = getattr(__import__(mod, fromlist=["_"]), "__version__", "?")
+    except Exception as e:
+        out[name + "_error"] = f"{type(e).__name__}: {e}"
+paths, repos = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out["paths"] = {p: os.path.exists(os.path.expanduser(p)) for p in paths}
+try:
+    from huggingface_hub import try_to_load_from_cache
+    out["repos"] = {r: isinstance(try_to_load_from_cache(r, "config.json"), str) for r in repos}
+except Exception:
+    out["repos"] = {r: False for r in repos}
+print("SMOLMAC-PROBE " + json.dumps(out))
+"""
+
+
+def recipe_inputs(cfg) -> tuple[dict, list[str], list[str]]:
+    """What every host must see: ({recipe key: local path}, [Hub model ids], [notes])."""
+    from smolmac.data import is_local
+    from smolmac.quickstart import resolve
+
+    paths, repos, notes = {}, [], []
+    if isinstance(cfg.model, str):
+        if is_local(cfg.model) or Path(cfg.model).expanduser().exists():
+            paths["model"] = cfg.model
+        else:
+            repos.append(cfg.model)
+    for key in ("data.train", "data.valid", "tokenizer.path", "tokenizer.data", "eval.exact_match", "eval.preference"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not isinstance(value, str) or not value:
+            continue
+        value = resolve(value)
+        if is_local(value):
+            paths[key] = value
+        elif key != "tokenizer.path":
+            notes.append(f"{key} '{value}' is a Hub dataset: every host loads it from the Hub (or its own cache)")
+    return paths, repos, notes
+
+
+def _probe(host: str, paths: list[str], repos: list[str], timeout: float = 120) -> dict:
+    """Run PROBE on `host` (ssh unless it is 127.0.0.1, as mlx.launch does) from this directory."""
+    args = [json.dumps(paths), json.dumps(repos)]
+    if host == LOCAL:
+        cmd = [sys.executable, "-c", PROBE, *args]
+    else:
+        remote = f"cd {shlex.quote(os.getcwd())} 2>/dev/null; {shlex.quote(sys.executable)} -c {shlex.quote(PROBE)} {' '.join(map(shlex.quote, args))}"
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host, remote]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return {"error": "ssh is not installed here; install OpenSSH (macOS has it: enable Remote Login)"}
+    except subprocess.TimeoutExpired:
+        return {"error": f"no answer within {timeout:.0f} s"}
+    for line in r.stdout.splitlines():
+        if line.startswith("SMOLMAC-PROBE "):
+            return json.loads(line[len("SMOLMAC-PROBE "):])
+    last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    if r.returncode == 255 and host != LOCAL:  # ssh itself failed
+        return {"error": f"cannot ssh into it ({last}); set up key-based ssh (ssh-copy-id {host}) and check the name"}
+    return {"error": f"{sys.executable} did not run there ({last}); install the same Python environment at the same path"}
+
+
+def launch_check(hostfile: str, recipe=None, backend: str | None = None, on_message=print) -> int:
+    """Check that every host of `hostfile` can run `recipe` data-parallel; prints one line per
+    host and one per problem with what to fix. Returns the number of problems.
+
+    Checks: the hostfile (ips for ring, rdma for jaccl, mpirun for mpi), that the first host is
+    this machine, that each host answers (ssh), runs the same Python, smolmac and mlx versions as
+    here, and sees the recipe's model and data paths (from the same working directory).
+    """
+    import mlx.core as mx
+
+    import smolmac
+    from smolmac.config import load_recipe
+
+    hosts, named = read_hostfile(hostfile)
+    backend = backend or named or "ring"
+    problems: list[str] = []
+    if backend not in BACKENDS:
+        problems.append(f"backend '{backend}' is not one of {', '.join(BACKENDS)}: set \"backend\" in {hostfile} or pass --backend")
+    if hosts[0]["ssh"] not in _local_names():
+        problems.append(f"the first host ({hosts[0]['ssh']}) is process 0, which writes the run dir: list this machine first, or run smolmac on {hosts[0]['ssh']}")
+    for i, h in enumerate(hosts):
+        if backend == "ring" and not h["ips"]:
+            problems.append(f"hosts[{i}] ({h['ssh']}) has no \"ips\": the ring backend needs the address the others reach it at (its Thunderbolt bridge IP)")
+        if backend == "jaccl" and (len(h["rdma"]) != len(hosts) or h["rdma"][i] is not None):
+            problems.append(f"hosts[{i}] ({h['ssh']}) needs \"rdma\": a list of {len(hosts)} RDMA devices, null at its own position (mlx.distributed_config writes it)")
+    if backend == "mpi" and not shutil.which("mpirun"):
+        problems.append("the mpi backend needs mpirun on this machine (brew install open-mpi), or use the ring backend")
+    cfg = load_recipe(recipe) if recipe else None
+    paths, repos, notes = recipe_inputs(cfg) if cfg else ({}, [], [])
+    if cfg is not None and cfg.stages:
+        problems.append("the recipe is a pipeline (stages:), which runs in one process: train its stages one by one with --hostfile")
+    if cfg is not None and cfg.train.batch_size % len(hosts):
+        problems.append(f"train.batch_size {cfg.train.batch_size} cannot be split over {len(hosts)} processes: use a multiple of {len(hosts)}")
+    want = {"smolmac": smolmac.__version__, "mlx": mx.__version__, "python": ".".join(map(str, sys.version_info[:2]))}
+    answers: dict[str, dict] = {}
+    for i, h in enumerate(hosts):
+        name = h["ssh"]
+        if name not in answers:
+            answers[name] = _probe(name, list(paths.values()), repos)
+        a = answers[name]
+        label = f"host {i} {name}" + (" (process 0)" if i == 0 else "")
+        if "error" in a:
+            problems.append(f"{label}: {a['error']}")
+            on_message(f"{label}: unreachable")
+            continue
+        versions = f"Python {a['python']}, smolmac {a.get('smolmac', '-')}, mlx {a.get('mlx', '-')}"
+        missing = [k for k, p in paths.items() if not a["paths"].get(p)]
+        uncached = [r for r in repos if not a["repos"].get(r)]
+        on_message(f"{label}: {versions}; {len(paths) - len(missing)}/{len(paths)} paths found" + (f", {len(repos) - len(uncached)}/{len(repos)} Hub models cached" if repos else ""))
+        for mod in ("smolmac", "mlx"):
+            if f"{mod}_error" in a:
+                problems.append(f"{label}: cannot import {mod} ({a[mod + '_error']}): pip install {mod}=={want[mod]} in {sys.executable}'s environment there")
+            elif a.get(mod) != want[mod]:
+                problems.append(f"{label}: {mod} {a.get(mod)} differs from {want[mod]} here: pip install {mod}=={want[mod]} there")
+        if not a["python"].startswith(want["python"] + "."):
+            problems.append(f"{label}: Python {a['python']} differs from {want['python']} here: use the same Python there")
+        for key in missing:
+            problems.append(f"{label}: {key} '{paths[key]}' is not there (looked from {a['cwd']}): copy it to the same path")
+        for repo in uncached:
+            problems.append(f"{label}: model {repo} is not in its Hugging Face cache: run `hf download {repo}` there (or it downloads at start)")
+    for note in notes:
+        on_message(f"note: {note}")
+    for p in problems:
+        on_message(f"fix: {p}")
+    if not problems:
+        on_message(f"all {len(hosts)} hosts are ready: smolmac train {recipe or 'RECIPE'} --hostfile {hostfile}" + (f" --backend {backend}" if backend != (named or "ring") else ""))
+    return len(problems)
+
