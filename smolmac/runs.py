@@ -128,7 +128,11 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
         return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # nothing to redo
     trackers.require(cfg.report_to)  # a missing tracker package fails before anything is written
     cfg = open_run_dir(cfg, run_dir, resume)
-    mirror = trackers.mirror(cfg, run_dir)  # report_to of the recipe the run uses (the saved one on resume)
+    # report_to of the recipe the run uses (the saved one on resume); in a data-parallel group
+    # only process 0 reports (the others' run dir is a scratch dir)
+    from smolmac.distributed import current
+
+    mirror = trackers.mirror(cfg, run_dir) if current().main else None
     try:
         # events.jsonl first, then the caller's callback, then the trackers (report_to)
         with ev.EventLog(run_dir / "events.jsonl", trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
