@@ -340,7 +340,7 @@ def launch_check(hostfile: str, recipe=None, backend: str | None = None, on_mess
     """
     import mlx.core as mx
 
-    import smolmac
+    from smolmac._version import __version__
     from smolmac.config import load_recipe
 
     hosts, named = read_hostfile(hostfile)
@@ -363,7 +363,7 @@ def launch_check(hostfile: str, recipe=None, backend: str | None = None, on_mess
         problems.append("the recipe is a pipeline (stages:), which runs in one process: train its stages one by one with --hostfile")
     if cfg is not None and cfg.train.batch_size % len(hosts):
         problems.append(f"train.batch_size {cfg.train.batch_size} cannot be split over {len(hosts)} processes: use a multiple of {len(hosts)}")
-    want = {"smolmac": smolmac.__version__, "mlx": mx.__version__, "python": ".".join(map(str, sys.version_info[:2]))}
+    want = {"smolmac": __version__, "mlx": mx.__version__, "python": ".".join(map(str, sys.version_info[:2]))}
     answers: dict[str, dict] = {}
     for i, h in enumerate(hosts):
         name = h["ssh"]
