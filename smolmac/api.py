@@ -20,7 +20,7 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False, on_event=None, s
         nproc: int | None = None, hostfile: str | None = None, backend: str | None = None) -> Run:
     """Train a resolved recipe in `run_dir`: a pipeline when it has `stages:`, else one run;
     data-parallel over `nproc` local processes or the hosts of `hostfile` (smolmac/hosts.py)."""
-    if nproc or hostfile:
+    if (nproc is not None and nproc != 1) or hostfile:  # --nproc 1 is an ordinary run
         from smolmac.hosts import train_group
 
         return train_group(cfg, Path(run_dir), resume, nproc=nproc, hostfile=hostfile, backend=backend, on_event=on_event, stop=stop)

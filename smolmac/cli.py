@@ -237,6 +237,8 @@ def cmd_train(args) -> int:
     else:
         cfg = load_recipe(args.recipe, args.overrides)
     run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
+    if args.backend and not args.hostfile:
+        raise UserError("--backend: applies to --hostfile runs (--nproc always uses the ring backend); add --hostfile HOSTS or drop --backend.")
     group = {"nproc": args.nproc, "hostfile": args.hostfile, "backend": args.backend}
     if args.json:
         api.run(cfg, run_dir, resume=resume, on_event=_show_json, stop=stop, **group)

@@ -91,8 +91,10 @@ def plan(cfg, nproc: int | None, hostfile: str | None, backend: str | None) -> t
     """Check a group run before anything starts; returns (processes, mlx.launch arguments)."""
     from smolmac.methods import method
 
-    if bool(nproc) == bool(hostfile):
+    if (nproc is None) == (hostfile is None):
         raise UserError("train: give either --nproc N (processes on this machine) or --hostfile HOSTS, not both.")
+    if nproc is not None and nproc < 1:
+        raise UserError(f"--nproc: {nproc} is not a number of processes; give 2 or more (1 is an ordinary run).")
     if cfg.stages:
         raise UserError("stages: a pipeline runs in one process; train its stages one by one with --nproc/--hostfile, or drop --nproc/--hostfile.")
     if not method(cfg.method).trains:
@@ -101,14 +103,14 @@ def plan(cfg, nproc: int | None, hostfile: str | None, backend: str | None) -> t
         raise UserError(f"--backend: '{backend}' is not one of {', '.join(BACKENDS)}.")
     hosts: list[dict] = []
     if nproc:
-        if nproc < 1:
-            raise UserError(f"--nproc: {nproc} is not a number of processes; give 1 or more.")
         if backend not in (None, "ring"):
             raise UserError(f"--backend: --nproc runs on this machine with the ring backend, not {backend}; use --hostfile for {backend}.")
         n, args = nproc, ["--backend", "ring", "--hosts", LOCAL, "-n", str(nproc), "--starting-port", str(_free_ports(nproc))]
     else:
         hosts, named = read_hostfile(hostfile)
         backend = backend or named or "ring"
+        if len(hosts) == 1:
+            raise UserError(f"--hostfile: {hostfile} lists one host; data parallel needs two or more (drop --hostfile to train on this machine).")
         if backend not in BACKENDS:
             raise UserError(f"--hostfile: its backend '{backend}' is not one of {', '.join(BACKENDS)}.")
         if hosts[0]["ssh"] not in _local_names():

@@ -121,6 +121,8 @@ def test_plans_refuse_in_one_sentence(tmp_path, tiny_model):
     assert "SMOLMAC_DISTRIBUTED=ring" in args and any(a.startswith("OPENBLAS_NUM_THREADS=") for a in args)
     with pytest.raises(UserError, match="either --nproc N"):
         plan(cfg, 2, "hosts.json", None)
+    with pytest.raises(UserError, match="--nproc: 0 is not a number of processes"):
+        plan(cfg, 0, None, None)
     with pytest.raises(UserError, match="--nproc runs on this machine with the ring backend"):
         plan(cfg, 2, None, "jaccl")
     with pytest.raises(UserError, match="stages: a pipeline runs in one process"):
@@ -131,6 +133,9 @@ def test_plans_refuse_in_one_sentence(tmp_path, tiny_model):
         plan(cfg, None, str(hosts), None)
     hosts.write_text(json.dumps({"backend": "ring", "hosts": [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}, {"ssh": "mac2.invalid"}]}))
     with pytest.raises(UserError, match=r"hosts\[1\] \(mac2.invalid\) has no \"ips\""):
+        plan(cfg, None, str(hosts), None)
+    hosts.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]))
+    with pytest.raises(UserError, match="lists one host; data parallel needs two or more"):
         plan(cfg, None, str(hosts), None)
     hosts.write_text("[{\"ssh\": ")
     with pytest.raises(UserError, match="is not valid JSON"):
