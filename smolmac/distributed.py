@@ -80,10 +80,6 @@ class Group:
     def hosts(self) -> int:
         return len(set(self.hostnames))
 
-    def describe(self) -> str:
-        """'2 processes on 1 host' (for events and messages)."""
-        return f"{self.size} process{'es' if self.size != 1 else ''} on {self.hosts} host{'s' if self.hosts != 1 else ''}"
-
     # -- the sync every collective starts with ---------------------------------------------
 
     def eval(self, *arrays):
