@@ -325,8 +325,12 @@ def run_worker(resolve, run, stop) -> int:
         cfg = load_recipe(payload["config"])
         if group.main:
             run_dir = payload["run_dir"]
-        else:  # a private dir for caches (tokens, a new model's init); never the run dir
-            scratch = tempfile.mkdtemp(prefix=f"smolmac-process{group.rank}-")
+        else:  # a private dir for caches (tokens, a new model's init); never the run dir. Named
+            # after the run dir, so what a killed process left is cleared by the next attempt.
+            key = hashlib.sha1(payload["run_dir"].encode()).hexdigest()[:12]
+            scratch = os.path.join(tempfile.gettempdir(), f"smolmac-{key}-process{group.rank}")
+            shutil.rmtree(scratch, ignore_errors=True)
+            os.makedirs(scratch)
             run_dir = scratch
         run(cfg, run_dir, payload["resume"] and group.main, group.main)
     except BaseException as e:
