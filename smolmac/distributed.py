@@ -327,8 +327,7 @@ def run_worker(resolve, run, stop) -> int:
             run_dir = payload["run_dir"]
         else:  # a private dir for caches (tokens, a new model's init); never the run dir. Named
             # after the run dir, so what a killed process left is cleared by the next attempt.
-            key = hashlib.sha1(payload["run_dir"].encode()).hexdigest()[:12]
-            scratch = os.path.join(tempfile.gettempdir(), f"smolmac-{key}-process{group.rank}")
+            scratch = scratch_dir(payload["run_dir"], group.rank)
             shutil.rmtree(scratch, ignore_errors=True)
             os.makedirs(scratch)
             run_dir = scratch
@@ -342,6 +341,12 @@ def run_worker(resolve, run, stop) -> int:
     return 0
 
 
+def scratch_dir(run_dir: str, rank: int) -> str:
+    """Where process `rank` (> 0) of a group training `run_dir` keeps its caches."""
+    key = hashlib.sha1(str(run_dir).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"smolmac-{key}-process{rank}")
+
+
 def gradient_bytes(model) -> int:
     """Bytes one process contributes to the all-reduce of each step: the trainable gradients."""
     return sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
@@ -353,5 +358,5 @@ def ring_traffic(payload: int, size: int) -> int:
     return 0 if size <= 1 else 2 * (size - 1) * payload // size
 
 
-__all__ = ["Group", "GroupError", "SINGLE", "current", "join", "run_worker", "shard_bounds", "is_worker",
+__all__ = ["Group", "GroupError", "SINGLE", "current", "join", "run_worker", "shard_bounds", "is_worker", "scratch_dir",
            "gradient_bytes", "ring_traffic"]
