@@ -7,8 +7,10 @@
     smolmac train RECIPE --nproc 2           # data parallel: 2 processes (or --hostfile hosts.json)
     smolmac launch-check --hostfile hosts.json RECIPE   # can every host run it?
     smolmac generate --model M [--adapter runs/x] --prompt "Hi"
+    smolmac generate --model M --adapter math=runs/a --adapter style=runs/b --use math --prompt "Hi"
     smolmac export runs/x --format peft|hf|mlx|mlx-q4|mlx-q8|ollama --to out/ [--dtype bfloat16]
     smolmac export runs/x --format gguf|gguf-lora --to out/x.gguf [--dtype f16] [--quantize q4_0]
+    smolmac adapters combine runs/a runs/b --weights 0.7,0.3 --method linear|cat|svd [--rank R] --to out/
     smolmac upload out/ --repo you/name [--private] [--dry-run]
     smolmac bench sft|dpo|pretrain
     smolmac runs                             # list runs
@@ -45,9 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--hostfile", help="Train data-parallel across the hosts of this mlx.launch hostfile (JSON), one process each.")
     t.add_argument("--backend", choices=["ring", "jaccl", "mpi"], help="mx.distributed backend for --hostfile (default: the hostfile's, else ring).")
 
-    g = sub.add_parser("generate", help="Stream a completion from a model (optionally with an adapter).")
+    g = sub.add_parser("generate", help="Stream a completion from a model (optionally with adapters).", description="Load a base model once with any number of named adapters and stream a completion with one of them (or the base).")
     g.add_argument("--model", required=True, help="Hub id or local model directory.")
-    g.add_argument("--adapter", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir.")
+    g.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir, optionally named (math=runs/a); repeat to load several on the one base.")
+    g.add_argument("--use", metavar="NAME", help="Which adapter answers ('none' for the base); needed when several are loaded.")
+    g.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
     g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
     g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
@@ -84,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     lc.add_argument("recipe", nargs="?", help="Recipe whose model and data paths every host must see.")
     lc.add_argument("--hostfile", required=True, help="mlx.launch hostfile (JSON).")
     lc.add_argument("--backend", choices=["ring", "jaccl", "mpi"], help="Backend to check for (default: the hostfile's, else ring).")
+
+    ad = sub.add_parser("adapters", help="Work with adapters: combine several into one.")
+    adsub = ad.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = adsub.add_parser("combine", help="Combine adapters into one (PEFT's add_weighted_adapter).", description="Combine adapters of one base model into one adapter with PEFT's add_weighted_adapter definitions: linear (equal ranks; A and B weighted by sqrt(weight x scaling)), cat (ranks concatenated; exact sum of the weighted updates), svd (the weighted sum of the updates re-factorised to --rank).")
+    c.add_argument("adapters", nargs="+", metavar="[NAME=]DIR", help="Run dirs, mlx-lm or PEFT adapter dirs, optionally named (math=runs/a).")
+    c.add_argument("--weights", required=True, help="One weight per adapter, comma-separated, e.g. 0.7,0.3 (a negative weight subtracts; write --weights=-0.5,1 when the first is negative).")
+    c.add_argument("--method", default="svd", choices=["linear", "cat", "svd"], help="linear, cat or svd (default svd, as in PEFT).")
+    c.add_argument("--rank", type=int, help="Rank of an svd combination (default: the largest rank).")
+    c.add_argument("--to", required=True, help="Output directory (nothing is written there on error).")
+    c.add_argument("--format", default="peft", choices=["peft", "mlx"], help="peft (default) or mlx (mlx_lm --adapter-path).")
+    c.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
     r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
@@ -260,36 +275,67 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from smolmac.generate import load_for_generation, stream
+def _memory_line(info: dict) -> str:
+    adapters = ", ".join(f"{n} {a['mb']:.2f} MB" for n, a in info["adapters"].items())
+    return f"{info['base']['model']}: base {info['base']['mb']:.2f} MB" + (f"; adapters {adapters}" if adapters else "") + f"; answering: {info['active'] or 'the base'}"
 
-    model, tok = load_for_generation(args.model, args.adapter)
-    for piece in stream(model, tok, args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, chat=False if args.raw else None):
+
+def cmd_generate(args) -> int:
+    from smolmac import api
+    from smolmac.adapters import parse_adapter_specs
+
+    model, specs = args.model, args.adapter
+    if len(specs) == 1 and "=" not in specs[0] and (Path(specs[0]) / "model" / "config.json").is_file():
+        model, specs = str(Path(specs[0]) / "model"), []  # a full fine-tune run: its model/ is the model
+    adapters = parse_adapter_specs(specs)
+    use = args.use
+    if use is None and len(adapters) > 1:
+        raise UserError(f"--use: {len(adapters)} adapters are loaded ({', '.join(adapters)}); choose the one that answers with --use NAME (or --use none for the base).")
+    if use is None:
+        use = next(iter(adapters), None)
+    elif use.lower() == "none":
+        use = None
+    elif use not in adapters:
+        from smolmac.errors import did_you_mean
+
+        raise UserError(f"--use: no adapter is named '{use}'{did_you_mean(use, adapters)}; choose one of {', '.join(adapters) or 'none'} (or none for the base).")
+    handle = api.load(model, adapters, dtype=args.dtype).use(use)
+    if adapters:
+        print(_memory_line(handle.inspect()), file=sys.stderr)
+    for piece in handle.stream(args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, chat=False if args.raw else None):
         print(piece, end="", flush=True)
     print()
     return 0
 
 
 def cmd_export(args) -> int:
-    from smolmac.export import export_run
+    from smolmac import api
 
-    out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print,
+    out = api.export(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print,
                      quantize=args.quantize, group_size=args.group_size, with_base=args.with_base)
     print(f"exported {args.format} → {out}")
     return 0
 
 
 def cmd_upload(args) -> int:
-    from smolmac.hub import upload
+    from smolmac import api
 
-    upload(args.dir, args.repo, private=args.private, dry_run=args.dry_run, message=args.message, on_message=print)
+    api.upload(args.dir, args.repo, private=args.private, dry_run=args.dry_run, message=args.message, on_message=print)
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    from smolmac import api
+
+    out = api.combine(args.adapters, args.weights, args.method, args.rank, args.to, args.format, args.overwrite, on_message=print)
+    print(f"combined adapter ({args.format}) → {out}")
     return 0
 
 
 def cmd_bench(args) -> int:
-    from smolmac.bench import run_bench
+    from smolmac import api
 
-    run_bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
+    api.bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
     return 0
 
 
@@ -303,10 +349,10 @@ def cmd_runs(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from smolmac.launcher import Launcher, list_runs
+    from smolmac import api
 
     table = Table("run", "status", "method", "model", "step", "loss")
-    for r in list_runs(args.dir, Launcher()):
+    for r in api.runs(args.dir):
         table.add_row(r["name"], r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
     Console().print(table)
     return 0
@@ -319,7 +365,8 @@ def cmd_tui(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "bench": cmd_bench, "launch-check": cmd_launch_check, "runs": cmd_runs, "tui": cmd_tui, None: cmd_tui}
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "adapters": cmd_adapters,
+            "bench": cmd_bench, "launch-check": cmd_launch_check, "runs": cmd_runs, "tui": cmd_tui, None: cmd_tui}
 
 
 def main(argv=None) -> int:

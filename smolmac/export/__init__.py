@@ -35,7 +35,9 @@ from smolmac.export.registry import (  # noqa: F401
 )
 
 
-def _check_out(out: Path, src_path: Path, overwrite: bool, kind: Exporter):
+def check_out(out: Path, src_path: Path, overwrite: bool, kind: Exporter):
+    """UserError unless `out` may be written in `kind`'s form (a directory or one file): new,
+    empty, or `overwrite` and not holding `src_path`."""
     if kind.suffix is not None:  # one file
         if out.suffix.lower() != kind.suffix:
             raise UserError(f"--to: --format {kind.name} writes one file; give a path ending in {kind.suffix}, such as {out.parent / (out.stem + kind.suffix)}.")
@@ -93,8 +95,6 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
         with_base: peft: for a quantised base whose original is unknown, also write the
             dequantised base into `out/base` and point the adapter at it.
     """
-    from smolmac.export.card import card_info, model_card
-    from smolmac.export.sizes import human_size, on_disk
     from smolmac.export.sources import open_source
 
     say = on_message or (lambda _m: None)
@@ -105,10 +105,38 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
     writer = kind.writer()
     if hasattr(writer, "check"):  # cheap checks of the options before any weights are read
         writer.check(kind, dtype, **options)
-    _check_out(out, Path(run_dir), overwrite, kind)
+    check_out(out, Path(run_dir), overwrite, kind)
     src = open_source(run_dir, say)
     if src.adapter is None and kind.adapter:
         raise UserError(f"--format {fmt}: {run_dir} is a full fine-tune with no adapter to export; use --format hf for a transformers model directory (mlx-lm loads it too) or --format gguf for llama.cpp.")
+    return write_export(src, fmt, out, dtype, overwrite, say, quantize=quantize, group_size=group_size, with_base=with_base)
+
+
+def write_export(src, fmt: str, out, dtype: str | None = None, overwrite: bool = False, on_message=None,
+                 info: dict | None = None, quantize: str | None = None, group_size: int | None = None,
+                 with_base: bool = False) -> Path:
+    """Write a `Source` (see sources.py) in format `fmt` at `out`, with smolmac.json and the model
+    card, under a temporary name renamed into place (nothing is left at `out` on failure). What
+    `export_run` does once it found the source; `smolmac adapters combine` and
+    `smolmac.export(loaded_model)` write the adapters they made through it.
+
+    Args:
+        src: what to write (an adapter, a model dir or full weights).
+        fmt, out, dtype, overwrite, on_message, quantize, group_size, with_base: as in `export_run`.
+        info: extra smolmac.json entries (e.g. how a combined adapter was made).
+    """
+    from smolmac.export.card import card_info, model_card
+    from smolmac.export.sizes import human_size, on_disk
+
+    say = on_message or (lambda _m: None)
+    kind = exporter(fmt)
+    dtype = kind.dtype(dtype)
+    out = Path(out)
+    options = _options(kind, out, quantize, group_size, with_base)
+    writer = kind.writer()
+    if hasattr(writer, "check"):
+        writer.check(kind, dtype, **options)
+    check_out(out, src.path, overwrite, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     _remove(tmp)
@@ -117,7 +145,7 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
     try:
         writer.write(src, tmp, dtype, say, **options)
         if kind.suffix is None:
-            info = {**card_info(src, fmt, options.get("quantize") or dtype), "name": out.name}
+            info = {**card_info(src, fmt, options.get("quantize") or dtype), "name": out.name, **(info or {})}
             (tmp / "smolmac.json").write_text(json.dumps(info, indent=2) + "\n")
             (tmp / "README.md").write_text(model_card(info))
         if out.exists() and kind.suffix is None:
