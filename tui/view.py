@@ -87,6 +87,15 @@ class RunView:
         return "running" if self.start else "starting"
 
 
+def group_label(start: dict | None) -> str | None:
+    """'2 processes on 1 host' for a data-parallel run (its start event), else None."""
+    n = (start or {}).get("world_size", 1)
+    if n <= 1:
+        return None
+    hosts = start.get("hosts", 1)
+    return t("{n} processes on 1 host", n=n) if hosts == 1 else t("{n} processes on {hosts} hosts", n=n, hosts=hosts)
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -308,20 +308,26 @@ class PairBatches(Batches):
             arrays += (np.concatenate([self.ref[group, 0], self.ref[group, 1]]).astype(np.float32),)
         return arrays, int(valid.sum())
 
+    def fingerprint(self) -> str:
+        return data_key(self, "")
+
 
 # ---------------------------------------------------------------------------------------------
 # Reference log-probs: the same weights with adapters disabled, computed once, cached
 
 
-def reference_logps(model, batches: PairBatches) -> np.ndarray:
+def reference_logps(model, batches: PairBatches, groups: list | None = None) -> np.ndarray:
     """Summed completion log-probs (N, 2) [chosen, rejected] of every pair under the reference.
 
     Runs the training batches' exact arrays, so at step 0 the policy's and the reference's
     numbers agree (up to compiled-kernel rounding) and every reward starts at 0.
+
+    Args:
+        groups: only these micro-batches (the others' rows stay 0); default all of them.
     """
     out = np.zeros((len(batches.pairs), 2), np.float32)
     with adapters_disabled(model):
-        for group in batches.groups:
+        for group in batches.groups if groups is None else groups:
             (inputs, targets, mask, _valid), _ = batches.make(group, with_ref=False)
             sums, _ = completion_logps(model, mx.array(inputs), mx.array(targets), mx.array(mask))
             sums = np.array(sums)
@@ -341,13 +347,28 @@ def data_key(batches: PairBatches, model_id: str) -> str:
 
 def cached_reference(model, batches: PairBatches, path: Path, model_id: str) -> tuple[np.ndarray, bool]:
     """Reference log-probs from `path` (.npz) when its key matches the data, else computed and
-    saved atomically. Returns (logps (N, 2), reused)."""
+    saved atomically. Returns (logps (N, 2), reused).
+
+    In a group (smolmac/distributed.py) process 0 reads the cache and sends it to the others;
+    otherwise each process computes every size-th micro-batch and the parts are summed (each
+    pair is in exactly one micro-batch, so the result is what one process computes).
+    """
+    from smolmac.distributed import current
+
+    group = current()
     key = data_key(batches, model_id)
-    if path.is_file():
+    cached = None
+    if group.main and path.is_file():
         with np.load(path) as f:
             if str(f["key"]) == key:
-                return f["logps"], True
-    logps = reference_logps(model, batches)
+                cached = f["logps"]
+    if group.broadcast_json(cached is not None):
+        if group.size == 1:
+            return cached, True
+        return np.array(group.broadcast_arrays({"logps": mx.array(cached)} if group.main else None)["logps"]), True
+    logps = group.sum_numpy(reference_logps(model, batches, batches.groups[group.rank :: group.size]))
+    if not group.main:
+        return logps, False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")
     np.savez(tmp, key=np.array(key), logps=logps)

@@ -233,8 +233,11 @@ def build_task(cfg, model, tokenizer, run_dir):
     if config:
         flops_token = flops_per_token(config, t.max_seq_len)
         notes.update(flops_per_token=flops_token, peak_tflops=round(peak_flops() / 1e12, 4))
-    if valid is not None and not list_checkpoints(Path(run_dir) / "checkpoints"):
-        # Val loss of the untrained model: the "before" of what pretraining learned.
+    from smolmac.distributed import current
+
+    if valid is not None and current().main and not list_checkpoints(Path(run_dir) / "checkpoints"):
+        # Val loss of the untrained model: the "before" of what pretraining learned (process 0
+        # of a group reports it; the others skip it).
         loss, _ = evaluate_loss(model, valid, lm_loss, cfg.eval.batches)
         notes.update(init_val_loss=round(loss, 6), init_val_ppl=round(math.exp(min(loss, 50)), 4))
     clock = {"since": time.perf_counter()}
