@@ -210,4 +210,9 @@ def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: i
         raise UserError(f"bench: '{what}' is not a benchmark; choose sft, dpo or pretrain.")
     if size not in SIZES:
         raise UserError(f"bench: size '{size}' is unknown; choose {' or '.join(SIZES)}.")
+    if out is not None:  # checked before minutes of benchmarking, not when writing the results
+        if Path(out).is_dir():
+            raise UserError(f"--out: {out} is a directory; give a file name such as {Path(out) / 'bench.json'}.")
+        if not Path(out).parent.is_dir():
+            raise UserError(f"--out: the folder {Path(out).parent} does not exist; create it or write the results elsewhere.")
     return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None))

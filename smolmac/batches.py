@@ -86,12 +86,15 @@ class Batches:
             raise UserError("data: no training rows are left after tokenisation.")
         self.batch_size, self.max_len, self.seed, self.pad_id = batch_size, max_len, seed, pad_id
         self.examples, self.truncated = truncate(examples, max_len)
+        # rows whose kept tokens are all prompt (the first token is never a target)
+        self.untrained = sum(1 for e in self.examples if not e.mask[1:].any())
         self.packing = packing
         if packing:
             items = pack(self.examples, max_len, seed)
         else:
             items = [(e.tokens, e.mask, None) for e in self.examples]
         self.items = items
+        self.sequences = len(items)  # rows, or packed sequences, per epoch
         order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
         self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.longest = pad_to(max(len(t) - 1 for t, _, _ in items), cap=max_len)  # widest batch
@@ -167,6 +170,7 @@ class PackedBatches:
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.n_seq = (len(tokens) - 1) // seq_len
+        self.sequences, self.untrained = self.n_seq, 0
         self.per_epoch = max(self.n_seq // batch_size, 1) if self.n_seq else 0
         self.truncated = 0
         self.real_tokens = self.n_seq * seq_len

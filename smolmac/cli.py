@@ -30,8 +30,31 @@ from pathlib import Path
 from smolmac.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-sentence errors of the rest of smolmac (no usage block)."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`.", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind, lo=None, hi=None, lo_open=False):
+    """An argparse type: a number of `kind` within [lo, hi] ((lo, hi] when lo_open)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, not {text!r}") from None
+        if value != value or (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+            bounds = f"in {'(' if lo_open else '['}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
+    p = _Parser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
@@ -53,9 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--use", metavar="NAME", help="Which adapter answers ('none' for the base); needed when several are loaded.")
     g.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
-    g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
-    g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
-    g.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (default 1.0).")
+    g.add_argument("--max-tokens", type=_number(int, 1), default=256, help="Tokens to generate, >= 1 (default 256).")
+    g.add_argument("--temp", type=_number(float, 0), default=0.0, help="Sampling temperature, >= 0; 0 = greedy (default).")
+    g.add_argument("--top-p", type=_number(float, 0, 1, lo_open=True), default=1.0, help="Nucleus sampling threshold in (0, 1] (default 1.0).")
     g.add_argument("--raw", action="store_true", help="Do not apply the chat template.")
 
     from smolmac.export import EXPORTERS
@@ -80,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain).")
     b.add_argument("what", choices=["sft", "dpo", "pretrain"], help="Which benchmark.")
     b.add_argument("--size", default="tiny", choices=["tiny", "135m"], help="Model shape (135m needs a GPU or a Mac).")
-    b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
-    b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
+    b.add_argument("--steps", type=_number(int, 1), default=None, help="Measured steps per system, >= 1.")
+    b.add_argument("--batch-size", type=_number(int, 1), default=8, help="Batch size, >= 1 (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
 
     lc = sub.add_parser("launch-check", help="Check that every host of a hostfile can run a recipe data-parallel.")
@@ -101,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
-    r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
+    r.add_argument("dir", nargs="?", default=None, help="Runs folder (default runs/).")
 
     a = sub.add_parser("tui", help="Open the Textual app.")
     a.add_argument("--runs", default="runs", help="Runs folder (default runs/).")
@@ -115,8 +138,8 @@ def _parser() -> argparse.ArgumentParser:
 def _print_keys():
     from smolmac.config import field_help
 
-    for key, tp, default, help_ in field_help():
-        print(f"{key:24} {tp:22} default {default!r}\n    {help_}")
+    for key, tp, default, help_, valid in field_help():
+        print(f"{key:24} {tp:22} default {default!r}" + (f"  ({valid})" if valid else "") + f"\n    {help_}")
 
 
 class ProgressView:
@@ -154,7 +177,7 @@ class ProgressView:
                 self.progress.remove_task(self.task)
             if e["method"] in ("pipeline", "tokenizer"):
                 return  # stage lines and the final table say what happens
-            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
+            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f", {e['dtype']}" if e.get("dtype") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
             if e.get("memory_estimate_gb") is not None:
                 log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['memory_budget_gb']:.0f} GB available" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
             if e.get("memory_suggestion"):
@@ -166,8 +189,13 @@ class ProgressView:
             info = f"loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_second']:,.0f} tok/s  {e['peak_memory_gb']:.2f} GB"
             self.progress.update(self.task, completed=e["step"], info=info)
         elif kind == "eval":
-            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl") and isinstance(v, (int, float)))
-            log(f"step {e['step']}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}  {extra}")
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl", "stage") and isinstance(v, (int, float)) and not isinstance(v, bool))
+            ppl = f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else ""
+            log(f"step {e['step']}: val loss {e['val_loss']:.4f}{ppl}  {extra}".rstrip())
+        elif kind == "warning":
+            from rich.text import Text
+
+            log(Text.assemble(("warning: ", "yellow"), e["message"]))
         elif kind == "sample":
             log(f"[dim]step {e['step']} sample[/] {e['prompt']!r} → {e['completion']!r}")
         elif kind == "checkpoint":
@@ -284,6 +312,8 @@ def cmd_generate(args) -> int:
     from smolmac import api
     from smolmac.adapters import parse_adapter_specs
 
+    if not args.prompt.strip():
+        raise UserError("--prompt: the prompt is empty; give some text, e.g. --prompt \"Hi\".")
     model, specs = args.model, args.adapter
     if len(specs) == 1 and "=" not in specs[0] and (Path(specs[0]) / "model" / "config.json").is_file():
         model, specs = str(Path(specs[0]) / "model"), []  # a full fine-tune run: its model/ is the model
@@ -351,8 +381,14 @@ def cmd_runs(args) -> int:
 
     from smolmac import api
 
+    folder = Path(args.dir or "runs")
+    if args.dir is not None and not folder.is_dir():
+        raise UserError(f"runs: {folder} {'is a file' if folder.exists() else 'does not exist'}; give the folder that holds your run directories (default runs/).")
+    if not folder.is_dir():
+        print("no runs yet in runs/; start one with `smolmac train RECIPE`.")
+        return 0
     table = Table("run", "status", "method", "model", "step", "loss")
-    for r in api.runs(args.dir):
+    for r in api.runs(folder):
         table.add_row(r["name"], r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
     Console().print(table)
     return 0
@@ -370,7 +406,10 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, 
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 0
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -11,6 +11,7 @@ One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -64,8 +65,12 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
     with progress already made, is refused: nothing a run wrote is ever overwritten.
     """
     saved = run_dir / "config.yaml"
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"--run-dir: {blocker} is a file, so {run_dir} cannot be a run directory; choose another --run-dir.")
     if resume:
         return read_config(run_dir)
+    cfg = resolve_auto(cfg)
     if saved.is_file():
         same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
         if not same or (run_dir / "events.jsonl").exists():
@@ -75,6 +80,38 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
     tmp.write_text(cfg.to_yaml())
     tmp.replace(saved)
     return cfg
+
+
+def resolve_auto(cfg: Config) -> Config:
+    """The recipe with `train.dtype: auto` replaced by this device's dtype (smolmac.models.
+    resolve_dtype), as it is saved in the run's config.yaml: a resume, an export or a copy of the
+    run on another machine uses the precision it was trained in."""
+    if cfg.train.dtype != "auto":
+        return cfg
+    from smolmac.models import resolve_dtype
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=resolve_dtype("auto")))
+
+
+def data_warnings(cfg: Config, task) -> list[ev.Warning]:
+    """One-line warnings about the training data as the run will see it: many rows cut by
+    train.max_seq_len, rows (or pairs) that train no token, less data than one optimizer step."""
+    t, train, out = cfg.train, task.train, []
+    rows = task.train_rows
+    if rows and task.truncated > 0.1 * rows:
+        out.append(ev.Warning(0, f"{task.truncated} of {rows} training rows ({100 * task.truncated / rows:.0f}%) are longer than train.max_seq_len={t.max_seq_len} tokens and were cut; raise train.max_seq_len or shorten the rows so the model sees their ends.", "truncated"))
+    untrained = getattr(train, "untrained", 0)
+    if untrained:
+        out.append(ev.Warning(0, f"{untrained} of {rows} training rows have no trained token within train.max_seq_len={t.max_seq_len} (their prompt fills it), so they cost time and teach nothing; raise train.max_seq_len or drop them.", "untrained_rows"))
+    dropped = (task.notes or {}).get("pairs_dropped_long_prompt", 0)
+    if dropped:
+        out.append(ev.Warning(0, f"{dropped} preference rows were dropped because their prompt alone is longer than train.max_seq_len={t.max_seq_len}, leaving no reply to train on; raise train.max_seq_len to keep them.", "untrained_rows"))
+    per_step = t.batch_size * t.grad_accum
+    n = getattr(train, "sequences", rows)
+    if n < per_step:
+        unit = {"pretrain": "sequences of train.max_seq_len tokens", "dpo": "pairs", "orpo": "pairs"}.get(cfg.method, "packed sequences" if t.packing else "rows")
+        out.append(ev.Warning(0, f"the training data has {n} {unit}, fewer than one optimizer step takes (train.batch_size x train.grad_accum = {per_step}), so every step repeats the same data; add data or lower train.batch_size.", "small_data"))
+    return out
 
 
 def materialize_model(cfg: Config, run_dir: Path) -> str:
@@ -208,8 +245,11 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
         trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
-        resumed_from=start.step if start else None, extra={**(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}},
+        resumed_from=start.step if start else None,
+        extra={"dtype": t.dtype, **(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}},
     ))
+    for warning in data_warnings(cfg, task):
+        log(dataclasses.replace(warning, step=start.step if start else 0))
 
     def save(pos):
         return save_checkpoint(run_dir / "checkpoints", model, optimizer, pos, cfg.save.keep)

@@ -268,6 +268,8 @@ class Task:
     """What a method gives the loop: batches, a loss, and what to report.
 
     `evaluate_extra(model) -> dict` may add method-specific eval metrics (e.g. exact match).
+    `perplexity`: the loss is a per-token cross-entropy, so exp(val loss) is a perplexity
+    (False for preference losses).
     """
 
     train: object
@@ -278,3 +280,4 @@ class Task:
     truncated: int = 0
     notes: dict | None = None
     evaluate_extra: object | None = None
+    perplexity: bool = True

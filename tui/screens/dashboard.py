@@ -116,6 +116,9 @@ class DashboardScreen(Screen):
             stats.append(error)
         elif v.done:
             stats.append("\n" + t("Output") + f": {v.done.get('output')}", style="yellow" if v.done.get("stopped") else "green")
+        for warning in v.warnings[-2:]:  # the latest; the event log below has them all
+            stats.append("\n" + t("warning") + ": ", style="bold yellow")
+            stats.append(warning, style="yellow")
         self.query_one("#dash-stats", Static).update(stats)
         bar = self.query_one("#dash-progress", ProgressBar)
         bar.update(total=total or None, progress=v.step)
