@@ -12,7 +12,8 @@ from smolmac import _blas
 
 _blas.load()
 
-__version__ = "0.1.0"
+from smolmac._version import __version__  # noqa: E402, F401
+
 __all__ = ["train", "load_recipe", "Run", "UserError"]
 
 

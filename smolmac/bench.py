@@ -18,6 +18,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 SIZES = {
@@ -77,8 +78,6 @@ def _worker_smolmac(model: str, data: str, steps: int, batch: int, out: str) -> 
 
 
 def _worker_mlx_lm(model: str, data: str, steps: int, batch: int, out: str) -> dict:
-    import time
-
     import mlx.core as mx
     import mlx.optimizers as optim
     from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
@@ -185,16 +184,14 @@ def bench_pretrain(size: str = "tiny", steps: int | None = None, batch_size: int
                    seq_len: int | None = None) -> dict:
     """Pretraining throughput and MFU (6N + attention FLOPs per token over the measured matmul
     peak) of a random-weight preset on random tokens, through smolmac's loop."""
-    import time
-
     import mlx.core as mx
     import numpy as np
     from mlx_lm.models import llama
 
     from smolmac.config import TrainConfig
+    from smolmac.flops import flops_per_token, mfu, peak_flops
     from smolmac.losses import lm_loss
     from smolmac.models import preset_config
-    from smolmac.pretrain import flops_per_token, mfu, peak_flops
     from smolmac.trainer import build_optimizer, train
 
     spec, vocab = SIZES[size]
@@ -228,6 +225,158 @@ def bench_pretrain(size: str = "tiny", steps: int | None = None, batch_size: int
     return res
 
 
+# ---------------------------------------------------------------------------------------------
+# `smolmac bench dpo`: a DPO step against SFT steps on the same rows
+
+
+class _Repeat:
+    """One fixed micro-batch, forever (the `stream` interface of the loop); `times` records when
+    each step asked for its batch, so their differences are whole step times."""
+
+    def __init__(self, arrays, ntok):
+        self.arrays, self.ntok, self.times = arrays, ntok, []
+
+    def __len__(self):
+        return 1
+
+    def stream(self, start=0):
+        while True:
+            self.times.append(time.perf_counter())
+            yield self.arrays, self.ntok
+
+
+def _synthetic_pairs(vocab: int, n: int, max_len: int, seed: int) -> list:
+    """Random-token pairs filling max_len + 1 tokens: a quarter prompt, the rest completion."""
+    import numpy as np
+
+    from smolmac.data import Example
+
+    rng = np.random.default_rng(seed)
+    p = (max_len + 1) // 4
+    pairs = []
+    for _ in range(n):
+        prompt = rng.integers(4, vocab, p)
+        sides = [np.concatenate([prompt, rng.integers(4, vocab, max_len + 1 - p)]).astype(np.int32) for _ in range(2)]
+        mask = np.arange(max_len + 1) >= p
+        pairs.append((Example(sides[0], mask), Example(sides[1], mask.copy())))
+    return pairs
+
+
+def _time_steps(model, tcfg, arrays, ntok, loss_fn, steps: int, warmup: int) -> tuple[float, float]:
+    """Median seconds per optimizer step after `warmup` steps (compilation), and peak bytes."""
+    import mlx.core as mx
+    import numpy as np
+
+    from smolmac.trainer import build_optimizer
+    from smolmac.trainer import train as train_loop
+
+    optimizer = build_optimizer(model, tcfg, warmup + steps + 1)
+    batches = _Repeat(arrays, ntok)
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    train_loop(model, optimizer, batches, loss_fn, total_steps=warmup + steps + 1, on_event=lambda e: None,
+               grad_clip=tcfg.grad_clip, report_every=1)
+    # median: robust to other processes taking the CPU for a moment
+    return float(np.median(np.diff(batches.times)[warmup:])), mx.get_peak_memory()
+
+
+def bench_dpo(size: str = "tiny", steps: int | None = None, batch_size: int = 8, on_message=print, *,
+              model: str | None = None, data_path: str | None = None, max_seq_len: int = 256, warmup: int = 2,
+              rounds: int = 2, full: bool = False, dtype: str = "float32", seed: int = 0) -> dict:
+    """DPO step time and peak memory against SFT on the same pairs and batch (`smolmac bench dpo`).
+
+    One micro-batch of `batch_size` pairs, (2B, L) for DPO, is trained for warmup + steps
+    optimizer steps with each loss through the same compiled loop, in one process, in `rounds`
+    rounds of rotating order; a config's time is its fastest round's median step. Baselines:
+    SFT on the same (2B, L) rows (chosen and rejected replies as SFT examples: the same tokens;
+    the targets apply to this one) and SFT on the (B, L) chosen rows alone. The one-off reference
+    pass is timed separately.
+
+    Args:
+        size: "tiny" or "135m": a random-weight model of that shape (smolmac.bench.SIZES).
+        steps: timed steps per round (default 10); `warmup` untimed ones come first.
+        batch_size: pairs per micro-batch.
+        on_message: receives the printed lines.
+        model: an mlx-lm model (Hub id or directory) instead of `size`.
+        data_path: preference data (file or Hub id); None = random-token pairs filling max_seq_len.
+        full: full fine-tuning instead of LoRA (default `lora` settings).
+    Returns:
+        dict with step seconds, peak GB, the ratios and the targets (time <= 2.2, memory <= 1.15).
+    """
+    import importlib.util
+
+    from smolmac import data
+    from smolmac.config import Config, DataConfig
+    from smolmac.data import hf_tokenizer
+    from smolmac.errors import UserError
+    from smolmac.lora import apply_lora
+    from smolmac.losses import lm_loss
+    from smolmac.methods.dpo import loss
+    from smolmac.methods.preference import PairBatches, reference_logps, tokenize_pairs
+    from smolmac.methods.sft import pad_id
+    from smolmac.models import load_model
+
+    steps = steps or 10
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is None:
+            model_dir = str(make_fixture(Path(tmp), size)[0])
+        else:
+            model_dir = model
+        cfg = Config(model=model_dir, method="dpo", full=full)
+        cfg.train.dtype, cfg.train.lr, cfg.train.schedule, cfg.train.max_seq_len = dtype, 1e-6, "constant", max_seq_len
+        net, tokenizer, _, _ = load_model(model_dir, dtype)
+    if full:
+        net.unfreeze()
+    else:
+        apply_lora(net, cfg.lora, seed=seed)
+    if data_path:
+        _, rows = data.prepare_rows(data.load_rows(data_path), DataConfig(), data_path)
+        pairs = tokenize_pairs(tokenizer, rows[: batch_size * 4], max_seq_len)[0][:batch_size]
+    else:
+        pairs = _synthetic_pairs(len(hf_tokenizer(tokenizer)), batch_size, max_seq_len, seed)
+    if len(pairs) < batch_size:
+        raise UserError(f"{data_path}: only {len(pairs)} usable pairs; the benchmark needs --batch-size {batch_size} of them.")
+    name = model or size
+    on_message(f"bench dpo ({name}, {'full' if full else 'LoRA r8 all-linear'}, {batch_size} pairs x {max_seq_len} tokens, {steps} steps) ...")
+    batches = PairBatches(pairs, batch_size, max_seq_len, seed, pad_id(tokenizer))
+    tic = time.perf_counter()
+    batches.ref = reference_logps(net, batches)
+    ref_s = time.perf_counter() - tic
+    (inputs, targets, mask, valid, ref), ntok = batches.make(batches.groups[0])
+    b = len(pairs)
+    runs = {
+        "sft": ((inputs, targets, mask), ntok, lm_loss),
+        "sft_chosen": ((inputs[:b], targets[:b], mask[:b]), int(valid[:b].sum()), lm_loss),
+        "dpo": ((inputs, targets, mask, valid, ref), ntok, loss(cfg)),
+    }
+    res = {"model": name, "mode": "full" if full else "lora", "dtype": dtype, "pairs_per_batch": b,
+           "seq_len": int(inputs.shape[1]), "steps": steps, "rounds": rounds}
+    keys = list(runs)
+    timings: dict[str, list] = {k: [] for k in keys}
+    for r in range(rounds):  # rotate the order: no config always runs first (or after another)
+        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            arrays, n, loss_fn = runs[key]
+            timings[key].append(_time_steps(net, cfg.train, arrays, n, loss_fn, steps, warmup))
+    on_message(f"{'loss on the batch':28} {'step s':>8} {'peak GB':>8}")
+    labels = {"sft": f"SFT, same {2 * b} rows", "sft_chosen": f"SFT, {b} chosen rows only", "dpo": f"DPO, {b} pairs"}
+    for key in keys:
+        sec, peak = min(t for t, _ in timings[key]), max(m for _, m in timings[key])
+        res[f"{key}_step_s"], res[f"{key}_peak_gb"] = round(sec, 5), round(peak / 1e9, 4)
+        on_message(f"{labels[key]:28} {sec:8.4f} {peak / 1e9:8.4f}")
+    res["time_ratio"] = round(res["dpo_step_s"] / res["sft_step_s"], 3)
+    res["memory_ratio"] = round(res["dpo_peak_gb"] / res["sft_peak_gb"], 3)
+    res["time_ratio_vs_chosen_only"] = round(res["dpo_step_s"] / res["sft_chosen_step_s"], 3)
+    res["memory_ratio_vs_chosen_only"] = round(res["dpo_peak_gb"] / res["sft_chosen_peak_gb"], 3)
+    res["ref_logps_s"] = round(ref_s, 4)
+    res["targets"] = {"time_ratio": 2.2, "memory_ratio": 1.15}
+    res["mlx_lm_lora"] = "installed, not compared" if importlib.util.find_spec("mlx_lm_lora") else "not installed"
+    on_message(f"DPO/SFT on the same rows: {res['time_ratio']:.2f}x step time (target <= 2.2), "
+               f"{res['memory_ratio']:.2f}x peak memory (target <= 1.15); vs SFT on the chosen rows only: "
+               f"{res['time_ratio_vs_chosen_only']:.2f}x, {res['memory_ratio_vs_chosen_only']:.2f}x")
+    on_message(f"reference log-probs: {ref_s:.2f} s once for {b} pairs (cached per run); mlx-lm-lora: {res['mlx_lm_lora']}")
+    return res
+
+
 def machine() -> str:
     import mlx.core as mx
 
@@ -246,8 +395,6 @@ def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_siz
         on_message(f"smolmac/mlx-lm: {res['ratio_tokens_per_second']:.2f}x tok/s, {res['ratio_peak_memory']:.2f}x run peak memory "
                    f"(depends on the batches each drew), {res['ratio_step_peak_memory']:.2f}x peak memory on the same {batch_size}x1024 batch")
     elif what == "dpo":
-        from smolmac.preference import bench_dpo
-
         res = bench_dpo(size=size, steps=steps, batch_size=batch_size, on_message=on_message)
     else:
         res = bench_pretrain(size=size, steps=steps, batch_size=batch_size, on_message=on_message)

@@ -5,7 +5,8 @@
     smolmac train RECIPE --set train.lr=1e-4 --run-dir runs/x [--json | --quiet]
     smolmac train --resume runs/x            # continue from the last checkpoint
     smolmac generate --model M [--adapter runs/x] --prompt "Hi"
-    smolmac export runs/x --format peft|hf|mlx --to out/ [--dtype bfloat16]
+    smolmac export runs/x --format peft|hf|mlx|mlx-q4|mlx-q8|ollama --to out/ [--dtype bfloat16]
+    smolmac export runs/x --format gguf|gguf-lora --to out/x.gguf [--dtype f16] [--quantize q4_0]
     smolmac upload out/ --repo you/name [--private] [--dry-run]
     smolmac bench sft|dpo|pretrain
     smolmac runs                             # list runs
@@ -53,9 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="Export a run: " + ", ".join(EXPORTERS) + ".")
     e.add_argument("run_dir", help="The run directory (or an adapter directory).")
     e.add_argument("--format", required=True, choices=list(EXPORTERS), help="; ".join(f"{k}: {v.help}" for k, v in EXPORTERS.items()) + ".")
-    e.add_argument("--to", required=True, help="Output directory.")
-    e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the model's).")
-    e.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
+    e.add_argument("--to", required=True, help="Output directory (gguf, gguf-lora: a file ending in .gguf).")
+    e.add_argument("--dtype", help="float32, float16 or bfloat16; for gguf, ollama and gguf-lora f32, f16, bf16 or q8_0 (default: the model's).")
+    e.add_argument("--quantize", metavar="TYPE", help="gguf, ollama: a GGUF type the gguf package can write (q4_0, q4_1, q5_0, q5_1, q8_0); k-quants need llama.cpp's llama-quantize.")
+    e.add_argument("--group-size", type=int, metavar="N", help="mlx-q4, mlx-q8: quantisation group size, 32, 64 (default) or 128.")
+    e.add_argument("--with-base", action="store_true", help="peft: for a quantised base whose original is unknown, also write the dequantised base (DIR/base) for PEFT to load.")
+    e.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
 
     u = sub.add_parser("upload", help="Upload an export to the Hugging Face Hub.")
     u.add_argument("dir", help="An export directory (from `smolmac export`).")
@@ -127,7 +131,7 @@ class ProgressView:
                 return  # stage lines and the final table say what happens
             log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
             if e.get("memory_estimate_gb") is not None:
-                log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['machine_memory_gb']:.0f} GB" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
+                log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['memory_budget_gb']:.0f} GB available" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
             if e.get("memory_suggestion"):
                 log(f"[yellow]this may not fit in memory: {e['memory_suggestion']}[/]")
             self.task = self.progress.add_task(e["method"], total=e["total_steps"], completed=e["step"], info="")
@@ -216,7 +220,8 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from smolmac.export import export_run
 
-    out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print)
+    out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print,
+                     quantize=args.quantize, group_size=args.group_size, with_base=args.with_base)
     print(f"exported {args.format} → {out}")
     return 0
 
@@ -239,13 +244,11 @@ def cmd_runs(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from smolmac.runs import read_run
+    from smolmac.launcher import Launcher, list_runs
 
-    root = Path(args.dir)
     table = Table("run", "status", "method", "model", "step", "loss")
-    for d in sorted(p for p in root.glob("*") if (p / "config.yaml").is_file()) if root.is_dir() else []:
-        r = read_run(d)
-        table.add_row(d.name, r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
+    for r in list_runs(args.dir, Launcher()):
+        table.add_row(r["name"], r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
     Console().print(table)
     return 0
 

@@ -1,4 +1,4 @@
-"""Data: load rows from files or the Hub, detect the format (SPECS §6), tokenise with the chat
+"""Data: load rows from files or the Hub, detect the format (TRL's dataset formats), tokenise with the chat
 template and a loss mask over every assistant turn, and batch with real length bucketing.
 
 Every row keeps where it came from (`file:line`) so that errors can name it.
@@ -7,6 +7,7 @@ Every row keeps where it came from (`file:line`) so that errors can name it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def _map_columns(rows: list[dict], columns: dict) -> list[dict]:
 
 
 def detect_format(row: dict, where: str = "data") -> str:
-    """SPECS §6: text, messages, prompt_completion or preference, from a row's keys."""
+    """TRL's dataset formats: text, messages, prompt_completion or preference, from a row's keys."""
     keys = set(row) - {WHERE}
     if {"chosen", "rejected"} <= keys:
         return "preference"
@@ -353,121 +354,57 @@ def split_valid(rows: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Batching
+# Documents for language modelling: local files/folders or Hub datasets (streamed)
 
 
-def pad_to(n: int, cap: int | None = None) -> int:
-    """Round a length up to one of a few shapes (multiples of 32 up to 256, of 64 up to 1024,
-    then of 128) so compiled graphs are reused while padding stays small."""
-    step = 32 if n <= 256 else 64 if n <= 1024 else 128
-    size = -(-n // step) * step
-    return min(size, cap) if cap else size
+def is_local(spec: str) -> bool:
+    """A local path (existing or path-like) rather than a Hub dataset id."""
+    p = Path(spec).expanduser()
+    return p.exists() or spec.startswith((".", "/", "~")) or p.suffix.lower() in FILE_TYPES
 
 
-def truncate(examples: list[Example], max_len: int) -> tuple[list[Example], int]:
-    """Cut rows to max_len + 1 tokens (inputs and targets are shifted by one); counts cuts."""
-    cut = 0
-    out = []
-    for ex in examples:
-        if len(ex.tokens) > max_len + 1:
-            cut += 1
-            ex = Example(ex.tokens[: max_len + 1], ex.mask[: max_len + 1])
-        out.append(ex)
-    return out, cut
+def _row_text(row: dict, tokenizer, where: str) -> str:
+    """A language-modelling row (TRL's dataset formats): `text`, or `messages` rendered with the chat template."""
+    if isinstance(row.get("text"), str):
+        return row["text"]
+    if "messages" in row and tokenizer is not None:
+        return render(tokenizer, normalise_messages(row["messages"], row.get(WHERE, where)))
+    keys = sorted(set(row) - {WHERE})
+    raise UserError(f"{row.get(WHERE, where)}: pretraining needs a 'text' column (or 'messages'), the row has {keys}; map yours with data.columns, e.g. {{text: content}}.")
 
 
-def pack(examples: list[Example], max_len: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Greedy first-fit packing into sequences of at most max_len + 1 tokens.
+def load_documents(spec: str, data_cfg, split: str, tokenizer=None, limit: int | None = None) -> Iterator[str]:
+    """Yield document texts from a local file/folder or a Hub dataset id (streamed).
 
-    Returns (tokens, mask, segment) triples; `segment` numbers the rows inside a sequence so the
-    attention mask can keep rows from seeing each other.
+    Args:
+        spec: path, folder, `quickstart:NAME` or Hub dataset id.
+        data_cfg: the recipe's data section (columns, config).
+        split: Hub split name.
+        tokenizer: renders `messages` rows with its chat template (None: text rows only).
+        limit: stop after this many documents.
     """
-    order = np.random.default_rng(seed).permutation(len(examples))
-    bins: list[list[Example]] = []
-    sizes: list[int] = []
-    for i in sorted(order, key=lambda i: -len(examples[i].tokens)):
-        ex = examples[i]
-        for b, size in enumerate(sizes):
-            if size + len(ex.tokens) <= max_len + 1:
-                bins[b].append(ex)
-                sizes[b] += len(ex.tokens)
-                break
-        else:
-            bins.append([ex])
-            sizes.append(len(ex.tokens))
-    packed = []
-    for b in bins:
-        tokens = np.concatenate([e.tokens for e in b])
-        mask = np.concatenate([e.mask & (np.arange(len(e.tokens)) > 0) for e in b])  # first token of a row is never a target across rows
-        segment = np.concatenate([np.full(len(e.tokens), j + 1, np.int32) for j, e in enumerate(b)])
-        packed.append((tokens, mask, segment))
-    return packed
+    from smolmac.quickstart import resolve
 
+    spec = resolve(spec)
+    if is_local(spec):
+        rows = load_rows(spec)
+        if not rows:
+            raise UserError(f"{spec}: the corpus is empty; give a file with some text.")
+        rows = _map_columns(rows, data_cfg.columns)
+        if not any(isinstance(r.get("text"), str) and r["text"].strip() or r.get("messages") for r in rows):
+            raise UserError(f"{spec}: the corpus has no text; give a file with some text (or map your column with data.columns).")
+        for row in rows[:limit]:
+            yield _row_text(row, tokenizer, spec)
+        return
+    import datasets
 
-class Batches:
-    """Length-bucketed, resumable micro-batches for SFT/LM rows.
-
-    Rows are sorted by length and cut into batches of similar length (so padding is small);
-    the order of batches is shuffled per epoch with a seed, so position k of the stream is the
-    same on every run: resume skips k micro-batches without touching the data.
-
-    Each micro-batch is (inputs (B, L) int32, targets (B, L) int32, loss mask (B, L) float32[, segments (B, L) int32]).
-    """
-
-    def __init__(self, examples: list[Example], batch_size: int, max_len: int, seed: int, packing: bool = False, pad_id: int = 0):
-        if not examples:
-            raise UserError("data: no training rows are left after tokenisation.")
-        self.batch_size, self.max_len, self.seed, self.pad_id = batch_size, max_len, seed, pad_id
-        self.examples, self.truncated = truncate(examples, max_len)
-        self.packing = packing
-        if packing:
-            items = pack(self.examples, max_len, seed)
-        else:
-            items = [(e.tokens, e.mask, None) for e in self.examples]
-        self.items = items
-        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
-        self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        self.longest = pad_to(max(len(t) - 1 for t, _, _ in items), cap=max_len)  # widest batch
-
-    def __len__(self):
-        return len(self.groups)
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
-
-    def make(self, group: list[int]):
-        rows = [self.items[i] for i in group]
-        longest = max(len(t) for t, _, _ in rows) - 1
-        width = pad_to(longest, cap=self.max_len)
-        b = len(rows)
-        inputs = np.full((b, width), self.pad_id, np.int32)
-        targets = np.full((b, width), self.pad_id, np.int32)
-        mask = np.zeros((b, width), np.float32)
-        segments = np.zeros((b, width), np.int32) if self.packing else None
-        tokens = 0
-        for j, (t, m, s) in enumerate(rows):
-            n = len(t) - 1
-            inputs[j, :n] = t[:-1]
-            targets[j, :n] = t[1:]
-            mask[j, :n] = m[1:]
-            tokens += n  # real (non-pad) tokens processed, as mlx-lm counts them
-            if segments is not None:
-                segments[j, :n] = s[:-1]
-        arrays = (inputs, targets, mask) if segments is None else (inputs, targets, mask, segments)
-        return arrays, tokens
-
-    def stream(self, start: int = 0):
-        """Yield (arrays, n_real_non_pad_tokens) forever, from micro-batch number `start`."""
-        per_epoch = len(self.groups)
-        k = start
-        while True:
-            epoch, pos = divmod(k, per_epoch)
-            order = self.epoch_order(epoch)
-            for i in order[pos:]:
-                yield self.make(self.groups[i])
-                k += 1
-
-    def once(self):
-        """Every batch once, in length order (evaluation)."""
-        for g in self.groups:
-            yield self.make(g)
+    datasets.disable_progress_bars()
+    try:  # streaming: a large Hub corpus is read as it is tokenised, never downloaded whole
+        ds = datasets.load_dataset(spec, data_cfg.config, split=split, streaming=True)
+    except Exception as e:
+        raise UserError(f"data: could not open the Hub dataset '{spec}' split '{split}' ({str(e).splitlines()[0]}); check the id, data.config and data.split.") from None
+    for i, row in enumerate(ds):
+        if limit is not None and i >= limit:
+            return
+        row = _map_columns([dict(row)], data_cfg.columns)[0]
+        yield _row_text(row, tokenizer, f"{spec}[{split}][{i}]")

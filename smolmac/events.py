@@ -146,3 +146,35 @@ def read_events(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+class EventTail:
+    """Reads the complete lines appended to an events.jsonl since the last call."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offset = 0
+        self.partial = b""
+
+    def poll(self) -> list[dict]:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size < self.offset:  # the file was replaced: start over
+            self.offset, self.partial = 0, b""
+        if size == self.offset:
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read(size - self.offset)
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()  # an unfinished last line waits for the next poll
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out

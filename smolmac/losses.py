@@ -75,7 +75,7 @@ def lm_loss(model, inputs, targets, mask, segments=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Preference losses (SPECS §4-5, TRL's definitions). Batches hold chosen rows then rejected rows
+# Preference losses (TRL's definitions: trl/trainer/dpo_trainer.py, trl/experimental/orpo). Batches hold chosen rows then rejected rows
 # along the batch axis, (2B, L), so both go through the model in one forward pass.
 
 LN2 = 0.6931471805599453
@@ -104,7 +104,7 @@ def log1mexp(x: mx.array) -> mx.array:
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
              chosen_tokens=None, rejected_tokens=None):
-    """Per-pair DPO losses and implicit rewards (TRL `DPOTrainer`, SPECS §4).
+    """Per-pair DPO losses and implicit rewards (TRL `DPOTrainer`).
 
     Args:
         policy_*_logps, ref_*_logps: (B,) log-probs summed over completion tokens.

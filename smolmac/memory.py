@@ -1,4 +1,5 @@
-"""Peak-memory estimate of a training step, used by the CLI before training and the TUI's form.
+"""Will it fit? The peak-memory estimate of a training step and the one verdict on it, used by
+`smolmac train` before training and by the app's New-run form.
 
     peak ≈ weights + AdamW (grads, m, v of the trainable parameters)
          + activations kept for the backward pass
@@ -16,7 +17,20 @@ re-measures and prints predicted vs measured).
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+GB = 1e9
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PARTS = ("weights", "optimizer state", "activations")
+# Suggestions are sentences with {placeholders}: the CLI formats them, the app translates them first.
+SMALLER_BATCH = "lower train.batch_size to {b} (and raise train.grad_accum to {a} to keep the effective batch)"
+GRAD_CHECKPOINT = "set train.grad_checkpoint: true"
+USE_LORA = "use LoRA instead of full fine-tuning"
+QLORA = "use QLoRA: a 4-bit base (e.g. an mlx-community ...-4bit model) with LoRA"
+SHORTER = "lower train.max_seq_len"
+SUGGESTIONS = (SMALLER_BATCH, GRAD_CHECKPOINT, USE_LORA, QLORA, SHORTER)
 
 # Fitted activation coefficients (values kept per unit; see the module docstring), by least
 # squares on the relative error over 23 measured points (benchmarks/memory_table.py): max 14.3%,
@@ -61,6 +75,7 @@ def estimate(config: dict, batch_size: int, seq_len: int, lora_rank: int | None 
 
     Args:
         config: the model's config.json as a dict.
+        batch_size: rows through the model per step (2 per pair for DPO/ORPO).
         lora_rank: None for full fine-tuning / pretraining.
         dtype_bytes: 4 for float32, 2 for bfloat16/float16.
     """
@@ -79,51 +94,124 @@ def estimate(config: dict, batch_size: int, seq_len: int, lora_rank: int | None 
         activations = s["layers"] * (per_block + A_S * scores)
     logits = tokens * A_V * s["vocab"]
     act_bytes = (activations + logits) * dtype_bytes
-    gb = 1e9
     return {
         "params": total, "trainable": trainable,
-        "weights_gb": weight_bytes / gb, "optimizer_gb": optimizer / gb, "activations_gb": act_bytes / gb,
-        "total_gb": (weight_bytes + optimizer + act_bytes) / gb,
+        "weights_gb": weight_bytes / GB, "optimizer_gb": optimizer / GB, "activations_gb": act_bytes / GB,
+        "total_gb": (weight_bytes + optimizer + act_bytes) / GB,
     }
 
 
-def machine_memory_gb() -> float:
-    """Memory MLX may use: the GPU's recommended working set on Metal, else physical RAM."""
-    import mlx.core as mx
+def budget_gb() -> float:
+    """Memory a run may use: Metal's recommended working set on a Mac, 80% of RAM elsewhere."""
+    try:
+        import mlx.core as mx
 
-    info = mx.device_info()
-    size = info.get("max_recommended_working_set_size") or info.get("memory_size")
-    if not size:
-        import os
+        size = mx.device_info().get("max_recommended_working_set_size")
+    except (ImportError, AttributeError, RuntimeError):  # no MLX or no device info: use RAM
+        size = None
+    if size:
+        return size / GB
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+    return 0.8 * ram / GB
 
-        size = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return size / 1e9
+
+def model_config(cfg, vocab_size: int | None = None) -> dict | None:
+    """The HF config dict of a recipe's model without downloading weights: a `{new: ...}`
+    preset (vocab from `vocab_size` or tokenizer.vocab_size), a local folder, or a Hub id in the
+    HF cache. None when it is not available yet."""
+    model = cfg.model
+    if isinstance(model, dict):
+        from smolmac.models import preset_config
+
+        return preset_config(dict(model.get("new") or {}), vocab_size or cfg.tokenizer.vocab_size, None, None, None)
+    if not model:
+        return None
+    path = Path(os.path.expanduser(str(model)))
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(model), "config.json")
+    except Exception:  # invalid repo ids and cache errors both mean "unknown"
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
 
 
-def estimate_recipe(cfg, model_config: dict, seq_len: int | None = None) -> dict:
-    """The estimate for a recipe's batch, LoRA/full and checkpointing at `seq_len` (default
-    train.max_seq_len), plus the machine's memory and a suggestion when it will not fit."""
+@dataclass
+class Verdict:
+    """The estimate of a recipe against a memory budget, with what to change when it won't fit."""
+
+    total_gb: float
+    budget_gb: float
+    params: int = 0
+    trainable: int = 0
+    parts: dict = field(default_factory=dict)  # PARTS name -> GB
+    suggestions: list = field(default_factory=list)  # (sentence, values) pairs
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gb <= self.budget_gb
+
+    def advice(self) -> str:
+        """The suggestions as one English sentence part (the CLI's; the app translates each)."""
+        return "; ".join(s.format(**v) for s, v in self.suggestions)
+
+
+def _estimate_recipe(cfg, mc: dict, seq_len: int | None) -> dict:
+    from smolmac.methods import method
+
     t = cfg.train
-    full = cfg.full or cfg.method == "pretrain"
+    m = method(cfg.method)
+    full = cfg.full or m.full
     layers = None if cfg.lora.layers == "all" else int(cfg.lora.layers)
-    rows = 2 * t.batch_size if cfg.method in ("dpo", "orpo") else t.batch_size  # chosen + rejected
-    est = estimate(model_config, rows, seq_len or t.max_seq_len, None if full else cfg.lora.rank, layers, t.grad_checkpoint,
-                   2 if t.dtype in ("bfloat16", "float16") else 4)
-    est["machine_gb"] = machine_memory_gb()
-    est["fits"] = est["total_gb"] < 0.85 * est["machine_gb"]
-    if not est["fits"]:
-        tips = []
-        if not t.grad_checkpoint:
-            tips.append("set train.grad_checkpoint: true")
-        if t.batch_size > 1:
-            tips.append(f"lower train.batch_size (e.g. {max(1, t.batch_size // 2)}) and raise train.grad_accum")
-        if full:
-            tips.append("use LoRA instead of full fine-tuning")
-        elif not shape_of(model_config)["bits"]:
-            tips.append("use a 4-bit base (QLoRA)")
-        est["suggestion"] = "; ".join(tips)
-    return est
+    return estimate(mc, m.rows_per_example * t.batch_size, seq_len or t.max_seq_len, None if full else cfg.lora.rank,
+                    layers, t.grad_checkpoint, BYTES.get(t.dtype, 4))
 
 
-def read_config(model_dir: str | Path) -> dict:
-    return json.loads((Path(model_dir) / "config.json").read_text())
+def verdict(cfg, mc: dict | None = None, budget: float | None = None, seq_len: int | None = None) -> Verdict | None:
+    """Will training `cfg` fit? The estimate at `seq_len` (default train.max_seq_len) against
+    `budget` GB (default `budget_gb()`), with suggestions when it will not.
+
+    Args:
+        cfg: a smolmac Config.
+        mc: the model's config.json as a dict (default: `model_config(cfg)`; None if unknown).
+    """
+    mc = mc if mc is not None else model_config(cfg)
+    if mc is None:
+        return None
+    budget = budget_gb() if budget is None else budget
+    r = _estimate_recipe(cfg, mc, seq_len)
+    parts = dict(zip(PARTS, (r["weights_gb"], r["optimizer_gb"], r["activations_gb"])))
+    out = Verdict(r["total_gb"], budget, r["params"], r["trainable"], parts)
+    if not out.fits:
+        out.suggestions = _suggest(cfg, mc, budget, seq_len)
+    return out
+
+
+def _suggest(cfg, mc: dict, budget: float, seq_len: int | None) -> list[tuple[str, dict]]:
+    """Changes that bring the estimate under budget: (sentence, values) pairs."""
+    from smolmac.methods import method
+
+    out = []
+    t = cfg.train
+    # the largest smaller batch that fits (with checkpointing if it takes that), else batch 1
+    trials = [(b, ckpt) for ckpt in dict.fromkeys((t.grad_checkpoint, True)) for b in range(t.batch_size - 1, 0, -1)]
+    fits = (b for b, ckpt in trials if _estimate_recipe(
+        replace(cfg, train=replace(t, batch_size=b, grad_checkpoint=ckpt)), mc, seq_len)["total_gb"] <= budget)
+    b = next(fits, 1)
+    if b < t.batch_size:
+        out.append((SMALLER_BATCH, {"b": b, "a": t.grad_accum * -(-t.batch_size // b)}))
+    if not t.grad_checkpoint:
+        out.append((GRAD_CHECKPOINT, {}))
+    if cfg.full and not method(cfg.method).full:
+        out.append((USE_LORA, {}))
+    elif not cfg.full and not shape_of(mc)["bits"] and not method(cfg.method).full:
+        out.append((QLORA, {}))
+    if t.max_seq_len > 512:
+        out.append((SHORTER, {}))
+    return out
+

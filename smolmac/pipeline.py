@@ -22,12 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from smolmac import events as ev
-from smolmac.config import Config, apply_mapping, load_recipe, validate
+from smolmac.config import Config, apply_mapping, validate
 from smolmac.errors import UserError
-from smolmac.pretrain import resolve_path
+from smolmac.quickstart import resolve as resolve_path
+from smolmac.runs import Run, open_run_dir, run_training
 
 
 @dataclass
@@ -55,123 +54,6 @@ class Metrics(ev.Event):
     elapsed_s: float = 0.0
     examples: list = field(default_factory=list)
     type = "metrics"
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluations used between stages (reusable on their own)
-
-
-def load_eval_rows(spec: str, kind: str) -> list[dict]:
-    """Held-out rows: `prompt` + `completion` (kind "answers") or + `chosen`/`rejected`."""
-    from smolmac.data import WHERE, load_rows
-
-    keys = ("prompt", "completion") if kind == "answers" else ("prompt", "chosen", "rejected")
-    rows = load_rows(resolve_path(spec))
-    for row in rows:
-        missing = [k for k in keys if not isinstance(row.get(k), str)]
-        if missing:
-            raise UserError(f"{row.get(WHERE, spec)}: an evaluation row needs string columns {', '.join(keys)}; '{missing[0]}' is missing.")
-    if not rows:
-        raise UserError(f"{spec}: no evaluation rows; give a jsonl file with {', '.join(keys)}.")
-    return rows
-
-
-def greedy_answers(model, tokenizer, prompts: list[str], max_tokens: int = 16, batch_size: int = 64) -> list[str]:
-    """Greedy chat completions, batched: prompts of equal token length share one KV cache.
-
-    Same tokens as `smolmac.generate.generate(..., temp=0)` (argmax each step, stop at EOS).
-    """
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
-
-    from smolmac.data import end_of_turn_ids, hf_tokenizer
-    from smolmac.generate import format_prompt
-
-    hf = hf_tokenizer(tokenizer)
-    stop = set(getattr(tokenizer, "eos_token_ids", None) or []) or end_of_turn_ids(tokenizer)
-    encoded = [hf.encode(format_prompt(tokenizer, p), add_special_tokens=not getattr(hf, "chat_template", None)) for p in prompts]
-    out: list[str | None] = [None] * len(prompts)
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    model.eval()
-    for group in by_len.values():
-        for j in range(0, len(group), batch_size):
-            idx = group[j : j + batch_size]
-            cache = make_prompt_cache(model)
-            logits = model(mx.array([encoded[i] for i in idx]), cache=cache)[:, -1]  # (B, V)
-            tokens, finished = [], [False] * len(idx)
-            for _ in range(max_tokens):
-                nxt = mx.argmax(logits, axis=-1)
-                ids = nxt.tolist()
-                tokens.append(ids)
-                finished = [f or t in stop for f, t in zip(finished, ids)]
-                if all(finished):
-                    break
-                logits = model(nxt[:, None], cache=cache)[:, -1]
-            for b, i in enumerate(idx):
-                seq = []
-                for step in tokens:
-                    if step[b] in stop:
-                        break
-                    seq.append(step[b])
-                out[i] = hf.decode(seq)
-    return out  # type: ignore[return-value]
-
-
-def exact_match(model, tokenizer, rows: list[dict], max_tokens: int = 16, return_answers: bool = False):
-    """Fraction of rows whose greedy answer equals the `completion` (both stripped).
-
-    Args:
-        rows: `{"prompt": str, "completion": str}` dicts (see `load_eval_rows`).
-        return_answers: also return the generated answers.
-    """
-    answers = greedy_answers(model, tokenizer, [r["prompt"] for r in rows], max_tokens)
-    score = sum(a.strip() == r["completion"].strip() for a, r in zip(answers, rows)) / max(len(rows), 1)
-    return (score, answers) if return_answers else score
-
-
-def preference_accuracy(model, tokenizer, rows: list[dict]) -> float:
-    """Fraction of pairs where the model gives the chosen answer a higher summed log-prob than the
-    rejected one (reference-free: comparable before and after alignment)."""
-    import mlx.core as mx
-    import numpy as np
-
-    from smolmac.data import tokenize_chat
-    from smolmac.losses import token_logps
-
-    model.eval()
-    wins = 0
-    for row in rows:
-        exs = [tokenize_chat(tokenizer, [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row[k]}], "eval")
-               for k in ("chosen", "rejected")]
-        width = max(len(e.tokens) for e in exs)
-        toks = np.zeros((2, width), np.int32)
-        mask = np.zeros((2, width - 1), np.float32)
-        for b, e in enumerate(exs):
-            toks[b, : len(e.tokens)] = e.tokens
-            mask[b, : len(e.tokens) - 1] = e.mask[1:]
-        logps = token_logps(model(mx.array(toks[:, :-1])), mx.array(toks[:, 1:]))  # (2, L)
-        chosen, rejected = (logps * mx.array(mask)).sum(axis=1).tolist()
-        wins += chosen > rejected
-    return wins / max(len(rows), 1)
-
-
-def stage_metrics(cfg: Config, model_ref: str, adapter: str | None = None) -> tuple[dict, list]:
-    """Exact match (eval.exact_match) and preference accuracy (eval.preference) of a model."""
-    from smolmac.generate import load_for_generation
-
-    if not (cfg.eval.exact_match or cfg.eval.preference):
-        return {}, []
-    model, tokenizer = load_for_generation(model_ref, adapter, cfg.train.dtype)
-    out, examples = {}, []
-    if cfg.eval.exact_match:
-        rows = load_eval_rows(cfg.eval.exact_match, "answers")
-        out["exact_match"], answers = exact_match(model, tokenizer, rows, return_answers=True)
-        examples = [{"prompt": r["prompt"], "answer": a, "expected": r["completion"]} for r, a in list(zip(rows, answers))[:4]]
-    if cfg.eval.preference:
-        out["preference_accuracy"] = preference_accuracy(model, tokenizer, load_eval_rows(cfg.eval.preference, "pairs"))
-    return out, examples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,19 +111,6 @@ def format_stage_table(events_or_dir) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Running
-
-
-def _open_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
-    saved = run_dir / "config.yaml"
-    if resume:
-        if not saved.is_file():
-            raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a pipeline run directory.")
-        return load_recipe(yaml.safe_load(saved.read_text()))
-    if (run_dir / "events.jsonl").exists():
-        raise UserError(f"--run-dir: {run_dir} already holds a run; pass --resume to continue it or choose another --run-dir.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(cfg.to_yaml())
-    return cfg
 
 
 def stage_config(base: dict, stage, index: int, model, tokenizer_path: str | None) -> Config:
@@ -315,10 +184,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
             `stage` (1-based index) and `stage_name` added.
         stop: a threading.Event; the running stage checkpoints and the pipeline stops.
     """
-    from smolmac.runs import Run, run_training
-
     run_dir = Path(run_dir)
-    cfg = _open_dir(cfg, run_dir, resume)
+    cfg = open_run_dir(cfg, run_dir, resume)
     previous = ev.read_events(run_dir / "events.jsonl")
     known = {(e["stage"], e["name"]): e for e in previous if e["type"] == "metrics"}
     base = cfg.to_dict()
@@ -387,6 +254,8 @@ def _next_inputs(scfg: Config, sub: Path, done: dict, model, tokenizer_path):
 
 
 def _metrics_before(scfg: Config, model, cache: dict, i: int, name: str, known: dict) -> dict:
+    from smolmac.evaluation import stage_metrics
+
     if scfg.method in ("tokenizer", "pretrain") or not isinstance(model, str):
         return {}
     if str(model) not in cache:
@@ -395,6 +264,8 @@ def _metrics_before(scfg: Config, model, cache: dict, i: int, name: str, known: 
 
 
 def _metrics_after(scfg: Config, sub: Path, model, adapter, cache: dict) -> tuple[dict, list]:
+    from smolmac.evaluation import stage_metrics
+
     if scfg.method == "tokenizer":
         return {}, []
     if scfg.method == "pretrain" and not scfg.eval.exact_match:

@@ -11,8 +11,6 @@ One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
 
 from __future__ import annotations
 
-import importlib
-import json
 import math
 import threading
 import time
@@ -22,16 +20,9 @@ from pathlib import Path
 import yaml
 
 from smolmac import events as ev
+from smolmac import trackers
 from smolmac.config import Config, load_recipe
 from smolmac.errors import UserError
-
-# method -> "module:function" building a train.Task(cfg, model, tokenizer, run_dir)
-TASKS = {
-    "sft": "smolmac.sft:build_task",
-    "pretrain": "smolmac.pretrain:build_task",
-    "dpo": "smolmac.preference:build_task",
-    "orpo": "smolmac.preference:build_task",
-}
 
 
 @dataclass
@@ -66,15 +57,15 @@ def default_run_dir(cfg: Config) -> Path:
     return path
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
-    """Create or reopen a run dir. Resuming reuses the saved config; a different run is refused."""
+def open_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
+    """Create or reopen a run dir (one run or a pipeline) and return the recipe to run.
+
+    Resuming uses the saved recipe. Starting in a dir that holds another recipe, or this recipe
+    with progress already made, is refused: nothing a run wrote is ever overwritten.
+    """
     saved = run_dir / "config.yaml"
     if resume:
-        from smolmac.trainer import list_checkpoints
-
-        if not saved.is_file() or not list_checkpoints(run_dir / "checkpoints"):
-            raise UserError(f"--resume: {run_dir} has no checkpoint to resume from; start it without --resume (or check the path).")
-        return load_recipe(yaml.safe_load(saved.read_text()))
+        return read_config(run_dir)
     if saved.is_file():
         same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
         if not same or (run_dir / "events.jsonl").exists():
@@ -89,86 +80,59 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
 def materialize_model(cfg: Config, run_dir: Path) -> str:
     """The model directory or Hub id to load: `{new: ...}` is built (tokenizer included) first."""
     if isinstance(cfg.model, dict):
-        from smolmac.pretrain import build_new_model
+        from smolmac.methods.pretrain import build_new_model
 
         return str(build_new_model(cfg, run_dir))
     return cfg.model
 
 
-def _sampler(cfg: Config, model, tokenizer):
-    from smolmac.generate import generate
-
-    def samples(step: int) -> list:
-        return [ev.Sample(step=step, prompt=p, completion=generate(model, tokenizer, p, max_tokens=cfg.eval.max_tokens)) for p in cfg.eval.prompts]
-
-    return samples
-
-
-def _evaluator(cfg: Config, model, tokenizer, task):
-    from smolmac.trainer import evaluate_loss
-
-    sample = _sampler(cfg, model, tokenizer)
-
-    def evaluate(step: int) -> list:
-        out = []
-        if task.valid is not None:
-            loss, metrics = evaluate_loss(model, task.valid, task.loss_fn, cfg.eval.batches)
-            extra = {f"eval_{k}": round(v, 6) for k, v in metrics.items()}
-            if task.evaluate_extra:
-                extra.update(task.evaluate_extra(model))
-            out.append(ev.Eval(step=step, val_loss=round(loss, 6), val_ppl=round(math.exp(min(loss, 50)), 4), extra=extra))
-        model.eval()
-        out.extend(sample(step))
-        return out
-
-    return evaluate
-
-
 def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
     """Predicted peak memory at the longest batch; turns on gradient checkpointing when the
-    step would not fit."""
-    from smolmac.memory import estimate_recipe
+    step would not fit (smolmac.memory's verdict)."""
+    from smolmac.memory import verdict
 
     try:
-        est = estimate_recipe(cfg, model_config, seq_len)
+        v = verdict(cfg, model_config, seq_len=seq_len)
     except KeyError:  # a config without the usual Llama-style keys: no estimate
         return {}
-    plan = {"params": est["params"], "memory_estimate_gb": round(est["total_gb"], 3), "machine_memory_gb": round(est["machine_gb"], 1)}
-    if not est["fits"] and not cfg.train.grad_checkpoint:
+    plan = {"params": v.params, "memory_estimate_gb": round(v.total_gb, 3), "memory_budget_gb": round(v.budget_gb, 1)}
+    if not v.fits and not cfg.train.grad_checkpoint:
         cfg.train.grad_checkpoint = True
-        checkpointed = estimate_recipe(cfg, model_config, seq_len)
+        checkpointed = verdict(cfg, model_config, seq_len=seq_len)
         cfg.train.grad_checkpoint = False
-        plan.update(auto_checkpoint=True, memory_estimate_gb=round(checkpointed["total_gb"], 3))
-    if est.get("suggestion"):
-        plan["memory_suggestion"] = est["suggestion"]
+        plan.update(auto_checkpoint=True, memory_estimate_gb=round(checkpointed.total_gb, 3))
+    if v.suggestions:
+        plan["memory_suggestion"] = v.advice()
     return plan
 
 
 def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None) -> Run:
     """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout."""
-    if cfg.method == "tokenizer":
-        from smolmac.pretrain import run_tokenizer_stage
+    from smolmac.methods import method
 
-        return run_tokenizer_stage(cfg, run_dir, resume=resume, on_event=on_event)
-    cfg = prepare_run_dir(cfg, run_dir, resume)
-    log = ev.EventLog(run_dir / "events.jsonl", on_event)
+    run_dir = Path(run_dir)
+    m = method(cfg.method)
+    if not m.trains and resume and m.load().finished(run_dir):
+        return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # nothing to redo
+    trackers.require(cfg.report_to)  # a missing tracker package fails before anything is written
+    cfg = open_run_dir(cfg, run_dir, resume)
+    mirror = trackers.mirror(cfg, run_dir)  # report_to of the recipe the run uses (the saved one on resume)
     try:
-        return _run(cfg, run_dir, resume, log, stop)
-    except UserError as e:
-        log(ev.Error(step=0, message=str(e)))
-        raise
-    except KeyboardInterrupt:
-        log(ev.Error(step=0, message="interrupted"))
-        raise
-    except Exception as e:  # recorded so the TUI shows a failed run, then re-raised
-        log(ev.Error(step=0, message=f"{type(e).__name__}: {e}"))
-        raise
+        # events.jsonl first, then the caller's callback, then the trackers (report_to)
+        with ev.EventLog(run_dir / "events.jsonl", trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
+            if not m.trains:
+                m.load().train_stage(cfg, run_dir, log)
+                return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))
+            return _run(cfg, run_dir, resume, log, stop)
     finally:
-        log.close()
+        if mirror is not None:
+            mirror.close()
 
 
 def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     from smolmac import lora as lora_mod
+    from smolmac.evaluation import evaluator
+    from smolmac.methods import build_task, method
     from smolmac.models import count_params, is_quantized, load_model, save_model_dir
     from smolmac.trainer import (
         build_optimizer,
@@ -186,7 +150,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     maybe_set_recommended_wired_limit()  # Metal only; returns at once on CPU/CUDA
     model_ref = materialize_model(cfg, run_dir)
     model, tokenizer, model_config, model_path = load_model(model_ref, t.dtype, cfg.trust_remote_code)
-    full = cfg.full or cfg.method == "pretrain"
+    full = cfg.full or method(cfg.method).full
     if full:
         if is_quantized(model):
             raise UserError("full: a quantised base cannot be fully fine-tuned; use LoRA (QLoRA) on it, or a 16-bit base.")
@@ -194,9 +158,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         adapter_config = lora_mod.adapter_config_for_full()
     else:
         adapter_config = lora_mod.apply_lora(model, cfg.lora, seed=t.seed)
-    task_fn = TASKS[cfg.method]
-    module, fn = task_fn.split(":")
-    task = getattr(importlib.import_module(module), fn)(cfg, model, tokenizer, run_dir)
+    task = build_task(cfg, model, tokenizer, run_dir)
 
     memory = _memory_plan(cfg, model_config, getattr(task.train, "longest", t.max_seq_len))
     if t.grad_checkpoint or memory.get("auto_checkpoint"):
@@ -209,8 +171,11 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     optimizer = build_optimizer(model, t, total_steps)
     optimizer.init(model.trainable_parameters())
     start = None
-    if resume:
-        start = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1], model, optimizer)
+    checkpoints = list_checkpoints(run_dir / "checkpoints") if resume else []
+    if checkpoints:
+        start = load_checkpoint(checkpoints[-1], model, optimizer)
+    elif resume:  # stopped or failed before its first checkpoint: its saved recipe from step 0
+        task.notes = {**(task.notes or {}), "resume": "no checkpoint yet: started again from step 0"}
     trainable = lora_mod.trainable_count(model)
     log(ev.Start(
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
@@ -225,7 +190,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     pos = train_loop(
         model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
         grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
-        evaluate=_evaluator(cfg, model, tokenizer, task), eval_every=cfg.eval.every,
+        evaluate=evaluator(cfg, model, tokenizer, task), eval_every=cfg.eval.every,
         save=save, save_every=cfg.save.every, report_every=t.report_every, start=start, seed=t.seed,
     )
     stopped = pos.step < total_steps
@@ -264,9 +229,3 @@ def read_run(run_dir: str | Path) -> dict:
         "loss": (last_train or {}).get("loss"), "started": (events[0]["time"] if events else None),
         "error": last.get("message") if last and last["type"] == "error" else None,
     }
-
-
-def save_json(path: Path, data: dict):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)

@@ -7,7 +7,7 @@ and a ChatML chat template, so `transformers.AutoTokenizer` and mlx-lm load it a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from smolmac.errors import UserError
@@ -87,18 +87,3 @@ def train_tokenizer(
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return out_dir
-
-
-def iter_corpus_texts(rows: Iterable[dict]) -> Iterator[str]:
-    """Texts of a corpus for tokenizer training: `text` rows or the contents of chat messages."""
-    for row in rows:
-        if "text" in row and isinstance(row["text"], str):
-            yield row["text"]
-        for key in ("messages", "prompt", "completion", "chosen", "rejected"):
-            value = row.get(key)
-            if isinstance(value, str):
-                yield value
-            elif isinstance(value, list):
-                for m in value:
-                    if isinstance(m, dict) and isinstance(m.get("content"), str):
-                        yield m["content"]

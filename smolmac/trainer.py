@@ -236,23 +236,6 @@ def train(
     return pos
 
 
-def evaluate_loss(model: nn.Module, batches, loss_fn, max_batches: int = -1) -> tuple[float, dict]:
-    """Weighted mean loss and metrics over the validation batches (no gradients)."""
-    model.eval()
-    total, weight, sums, count = 0.0, 0.0, {}, 0
-    for i, (arrays, _ntok) in enumerate(batches.once()):
-        if max_batches >= 0 and i >= max_batches:
-            break
-        loss, w, metrics = loss_fn(model, *[mx.array(a) for a in arrays])
-        mx.eval(loss, w, metrics)
-        total += loss.item() * w.item()
-        weight += w.item()
-        count += 1
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-    return total / max(weight, 1e-9), {k: v / max(count, 1) for k, v in sums.items()}
-
-
 def seed_everything(seed: int):
     mx.random.seed(seed)
     np.random.seed(seed)

@@ -8,6 +8,7 @@ import pytest
 from conftest import chat_rows, write_jsonl
 
 from smolmac.cli import main
+from smolmac.events import read_events
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +109,10 @@ def test_run_dir_conflicts_and_resume(tmp_path, capsys, tiny_model):
     empty = tmp_path / "fresh"
     empty.mkdir()
     (empty / "config.yaml").write_text((run_dir / "config.yaml").read_text())  # a run that never checkpointed
-    expect_error(capsys, r"--resume: .*fresh has no checkpoint", "train", "--resume", str(empty))
+    assert main(["train", "--resume", str(empty), "--quiet"]) == 0  # it starts again from step 0, and says so
+    start = next(e for e in read_events(empty / "events.jsonl") if e["type"] == "start")
+    assert start["step"] == 0 and "no checkpoint yet" in start["resume"]
+    assert (empty / "adapter" / "adapters.safetensors").is_file()
 
 
 def test_json_stream_and_help(tmp_path, tiny_model):

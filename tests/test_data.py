@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from smolmac import data
+from smolmac import batches, data
 from smolmac.config import DataConfig
 from smolmac.errors import UserError
 
@@ -74,7 +74,7 @@ def test_prompt_completion_masks_prompt(tok):
 def test_bucketing_sorts_by_length_and_pads_to_few_shapes():
     rng = np.random.default_rng(0)
     exs = [data.Example(np.arange(n, dtype=np.int32), np.ones(n, bool)) for n in rng.integers(5, 300, 64)]
-    b = data.Batches(exs, 8, 512, seed=0)
+    b = batches.Batches(exs, 8, 512, seed=0)
     widths, pad = set(), 0
     for arrays, ntok in b.once():
         inputs, _, mask = arrays
@@ -83,7 +83,7 @@ def test_bucketing_sorts_by_length_and_pads_to_few_shapes():
         assert ntok == int(mask.sum())  # every token is trained in these rows
     # unsorted batches of the same rows (what a no-op sort gives) pad far more
     lengths = [len(e.tokens) - 1 for e in exs]
-    unsorted_pad = sum(8 * data.pad_to(max(lengths[i:i + 8])) - sum(lengths[i:i + 8]) for i in range(0, 64, 8))
+    unsorted_pad = sum(8 * batches.pad_to(max(lengths[i:i + 8])) - sum(lengths[i:i + 8]) for i in range(0, 64, 8))
     assert pad < 0.4 * unsorted_pad
     assert len(widths) <= 12
     # the stream is reproducible from any position (resume)
@@ -94,7 +94,7 @@ def test_bucketing_sorts_by_length_and_pads_to_few_shapes():
 
 def test_truncation_is_counted():
     exs = [data.Example(np.arange(50, dtype=np.int32), np.ones(50, bool)), data.Example(np.arange(5, dtype=np.int32), np.ones(5, bool))]
-    b = data.Batches(exs, 2, 16, seed=0)
+    b = batches.Batches(exs, 2, 16, seed=0)
     assert b.truncated == 1
 
 
@@ -107,7 +107,7 @@ def test_packing_isolates_rows(tiny_model):
     model, *_ = load_model(str(tiny_model))
     a = np.array([5, 9, 12, 40, 41], np.int32)
     b_ = np.array([7, 8, 100, 3], np.int32)
-    packed = data.pack([data.Example(a, np.ones(5, bool)), data.Example(b_, np.ones(4, bool))], 16, seed=0)
+    packed = batches.pack([data.Example(a, np.ones(5, bool)), data.Example(b_, np.ones(4, bool))], 16, seed=0)
     assert len(packed) == 1
     tokens, mask, seg = packed[0]
     logits = forward(model, mx.array(tokens[None]), mx.array(seg[None]))

@@ -61,7 +61,7 @@ def hub_calls(monkeypatch):
 
 
 def test_adapter_card_front_matter_and_body(exports):
-    from smolmac.hub import model_card
+    from smolmac.export.card import model_card
 
     card = (exports["peft"] / "README.md").read_text()
     meta = front_matter(card)
@@ -82,7 +82,7 @@ def test_adapter_card_front_matter_and_body(exports):
 
 
 def test_fused_and_from_scratch_cards(exports):
-    from smolmac.hub import model_card
+    from smolmac.export.card import model_card
 
     card = (exports["hf"] / "README.md").read_text()
     assert front_matter(card)["library_name"] == "transformers"
@@ -98,7 +98,7 @@ def test_fused_and_from_scratch_cards(exports):
 
 
 def test_run_metrics_are_the_final_values():
-    from smolmac.hub import run_metrics
+    from smolmac.export.card import run_metrics
 
     events = [
         {"type": "train", "step": 5, "loss": 2.0, "trained_tokens": 10},

@@ -14,7 +14,7 @@ from smolmac.models import preset_config
 TABLE = Path(__file__).parent.parent / "benchmarks" / "memory_table.py"
 
 
-@pytest.mark.parametrize("point", ["micro 2048 4 256 lora 0", "mini 4096 2 512 full 1"])
+@pytest.mark.parametrize("point", ["micro 2048 4 256 lora 0", pytest.param("mini 4096 2 512 full 1", marks=pytest.mark.slow)])
 def test_estimate_within_15_percent_of_measured(point):
     out = subprocess.run([sys.executable, str(TABLE), *point.split()], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -33,8 +33,22 @@ def test_parts_and_suggestions(monkeypatch):
     assert lora["params"] == 134_515_008
     assert full["optimizer_gb"] > 10 * lora["optimizer_gb"]
     assert ckpt["activations_gb"] < 0.5 * lora["activations_gb"]
-    monkeypatch.setattr(memory, "machine_memory_gb", lambda: 4.0)
     recipe = load_recipe({"model": "m", "train": {"batch_size": 8, "max_seq_len": 1024}})
-    est = memory.estimate_recipe(recipe, cfg)
-    assert not est["fits"]
-    assert "grad_checkpoint" in est["suggestion"] and "batch_size" in est["suggestion"] and "QLoRA" in est["suggestion"]
+    est = memory.verdict(recipe, cfg, budget=4.0)
+    assert not est.fits
+    assert "grad_checkpoint" in est.advice() and "batch_size" in est.advice() and "QLoRA" in est.advice()
+
+
+def test_memory_estimate_suggests_the_largest_batch_that_fits(tiny_model):
+    from smolmac.memory import GRAD_CHECKPOINT, SMALLER_BATCH, model_config, verdict
+
+    cfg = load_recipe({"model": str(tiny_model), "train": {"batch_size": 8, "max_seq_len": 4096}})
+    mc = model_config(cfg)
+    assert mc["hidden_size"] == 64  # read from the local folder, nothing downloaded
+    peak = {b: verdict(load_recipe(cfg, {"train": {"batch_size": b}}), mc, 1e9).total_gb for b in (3, 4, 8)}
+    assert peak[3] < peak[4] < peak[8]
+    est = verdict(cfg, budget=(peak[3] + peak[4]) / 2)
+    assert not est.fits and est.total_gb == peak[8]
+    assert (SMALLER_BATCH, {"b": 3, "a": 3}) in est.suggestions and (GRAD_CHECKPOINT, {}) in est.suggestions
+    assert verdict(cfg, budget=peak[8] + 0.01).suggestions == []
+    assert verdict(load_recipe({"model": "nobody/not-in-the-cache"})) is None

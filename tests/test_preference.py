@@ -13,10 +13,13 @@ from conftest import write_jsonl
 from mlx.utils import tree_flatten, tree_unflatten
 
 import smolmac
-from smolmac import losses, preference
+from smolmac import bench, losses
 from smolmac.config import LoraConfig, load_recipe
 from smolmac.errors import UserError
+from smolmac.evaluation import evaluate_loss
 from smolmac.lora import apply_lora
+from smolmac.methods import METHODS, preference
+from smolmac.methods.sft import load_split_rows
 from smolmac.models import load_model
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -229,10 +232,11 @@ def test_preference_accuracy_rises_and_every_parameter_changes(tiny_model, pair_
 
     load_adapter(model, run.adapter_path)
     cfg = load_recipe(recipe(tiny_model, *pair_files, method))
-    valid, _ = preference.build_pairs(tok, preference.load_split_rows(cfg, method)[2], cfg)
+    valid, _ = preference.build_pairs(tok, load_split_rows(cfg, method)[2], cfg)
     if method == "dpo":
         valid.ref = np.load(run.dir / "ref_logps-valid.npz")["logps"]
-    assert preference.preference_accuracy(model, valid, preference.loss_for(cfg)) == pytest.approx(final["eval_rewards/accuracies"])
+    _, metrics = evaluate_loss(model, valid, METHODS[method].load().loss(cfg))
+    assert metrics["rewards/accuracies"] == pytest.approx(final["eval_rewards/accuracies"], abs=1e-5)
     assert trains[0]["rewards/accuracies"] < 0.9
     if method == "dpo":  # at step 1 the policy is the reference: every reward is exactly 0
         assert trains[0]["rewards/chosen"] == pytest.approx(0, abs=1e-5)
@@ -282,7 +286,7 @@ def test_full_fine_tuning_uses_the_initial_weights_as_reference(tiny_model, pair
     assert first["rewards/margins"] == pytest.approx(0, abs=1e-5)  # step 1: policy == initial weights
     model, tok, _, _ = load_model(str(tiny_model))
     cfg = load_recipe(rec)
-    batches, _ = preference.build_pairs(tok, preference.load_split_rows(cfg, "dpo")[1], cfg)
+    batches, _ = preference.build_pairs(tok, load_split_rows(cfg, "dpo")[1], cfg)
     with np.load(run.dir / "ref_logps-train.npz") as f:
         np.testing.assert_allclose(f["logps"], preference.reference_logps(model, batches), atol=1e-5)
 
@@ -301,10 +305,10 @@ def test_recipes_validate(name, method):
 
 def test_bench_dpo_reports_ratios(tiny_model):
     lines = []
-    res = preference.bench_dpo(model=str(tiny_model), steps=2, warmup=1, rounds=1, batch_size=2, max_seq_len=64, on_message=lines.append)
+    res = bench.bench_dpo(model=str(tiny_model), steps=2, warmup=1, rounds=1, batch_size=2, max_seq_len=64, on_message=lines.append)
     assert res["pairs_per_batch"] == 2 and res["seq_len"] == 64
     for key in ("sft", "sft_chosen", "dpo"):
         assert res[f"{key}_step_s"] > 0 and res[f"{key}_peak_gb"] > 0
-    assert res["time_ratio"] == pytest.approx(res["dpo_step_s"] / res["sft_step_s"], rel=1e-2)
-    assert res["memory_ratio"] == pytest.approx(res["dpo_peak_gb"] / res["sft_peak_gb"], rel=1e-2)
+    # a DPO step runs the same (2B, L) rows as the SFT step: same order of time and memory
+    assert 0.3 < res["time_ratio"] < 5 and 0.5 < res["memory_ratio"] < 3
     assert any("target <= 2.2" in line for line in lines)

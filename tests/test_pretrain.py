@@ -9,10 +9,13 @@ import pytest
 from conftest import corpus
 
 import smolmac
+from smolmac.batches import PackedBatches
 from smolmac.config import load_recipe
 from smolmac.errors import UserError
+from smolmac.flops import flops_per_token
+from smolmac.memory import estimate, model_config
+from smolmac.methods.pretrain import build_new_model, token_cache
 from smolmac.models import PRESETS, count_params, preset_config
-from smolmac.pretrain import PackedBatches, build_new_model, estimate, token_cache
 
 VARIED = [
     "Perché la città è così bella? Caffè, naïve, età, più.",
@@ -113,16 +116,16 @@ def test_bad_input_is_one_sentence(case, tmp_path):
 def test_estimate_and_preset_table():
     for name in PRESETS:
         cfg = preset_config({"preset": name}, 49152, 0, 1, 2)
-        est = estimate(cfg, batch_size=1, seq_len=128)
-        assert est["params"] == count_params(cfg) and est["memory_gb"] > 0
+        est = estimate(cfg, 1, 128, lora_rank=None)
+        assert est["params"] == count_params(cfg) and est["total_gb"] > 0
     assert 130e6 < count_params(preset_config({"preset": "smollm2-135m"}, 49152, 0, 1, 2)) < 140e6
     rec = load_recipe({"model": {"new": {"preset": "micro"}}, "method": "pretrain", "tokenizer": {"vocab_size": 416}, "train": {"batch_size": 16, "max_seq_len": 128}})
-    est = estimate(rec)
+    mc = model_config(rec)
+    est = estimate(mc, 16, 128, lora_rank=None)
     assert est["params"] == count_params(preset_config({"preset": "micro"}, 416, 0, 1, 2))
     # 6N + 12 L H Q T (nanoGPT): micro has 4 layers, 4 heads of 32, T = 128
-    assert est["flops_per_token"] == 6 * est["params"] + 12 * 4 * 4 * 32 * 128
-    bigger = estimate(rec, batch_size=64)
-    assert bigger["memory_gb"] > est["memory_gb"]
+    assert flops_per_token(mc, 128) == 6 * est["params"] + 12 * 4 * 4 * 32 * 128
+    assert estimate(mc, 64, 128, lora_rank=None)["total_gb"] > est["total_gb"]
 
 
 def test_build_new_model_reuses_tokenizer_and_init(tmp_path, tiny_tokenizer):
@@ -136,7 +139,7 @@ def test_build_new_model_reuses_tokenizer_and_init(tmp_path, tiny_tokenizer):
 
 def test_pretraining_learns_and_reports(pretrained):
     start = pretrained.last("start")
-    for key in ("params", "memory_estimate_gb", "flops_per_token", "peak_tflops", "train_tokens", "init_val_ppl"):
+    for key in ("total_params", "memory_estimate_gb", "flops_per_token", "peak_tflops", "train_tokens", "init_val_ppl"):
         assert key in start, key
     ev = pretrained.last("eval")
     assert ev["val_ppl"] < start["init_val_ppl"] / 3  # learned well beyond the uniform guess

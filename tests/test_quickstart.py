@@ -27,6 +27,7 @@ def test_recipes_validate():
         assert [s["method"] for s in cfg.stages] == ["tokenizer", "pretrain", "sft", "orpo"]
 
 
+@pytest.mark.slow
 def test_quickstart_every_stage_improves(quickstart):
     metrics = {e["name"]: e["metrics"] for e in quickstart.events if e["type"] == "metrics"}
     assert metrics["tokenizer"]["vocab_size"] == 416
@@ -50,6 +51,7 @@ def test_quickstart_every_stage_improves(quickstart):
     assert (quickstart.dir / "2-pretrain" / "tokens" / "train.bin").is_file()
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages(quickstart):
     run = smolmac.train(run_dir=quickstart.dir, resume=True)
     statuses = [e["status"] for e in run.events[len(quickstart.events):] if e["type"] == "stage"]
@@ -101,5 +103,30 @@ def test_bad_stage_and_rerun_are_user_errors(tiny_model, chat_file, tmp_path):
         smolmac.train({"model": str(tiny_model), "stages": [{"name": "x"}]}, run_dir=tmp_path / "a")
     recipe = {"model": str(tiny_model), "data": {"train": str(chat_file)}, "stages": [{"method": "sft", "train": {"steps": 1}}]}
     smolmac.train(recipe, run_dir=tmp_path / "b")
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds this run; pass --resume"):
         smolmac.train(recipe, run_dir=tmp_path / "b")
+
+
+def test_lora_stage_on_a_4bit_base_fuses_into_a_float_model_the_next_stage_trains(tiny_model, chat_file, tmp_path):
+    """The one fuse (smolmac.adapters.fuse, through the hf exporter) dequantises a QLoRA base, so
+    the fused stage output is a float model that the next (full fine-tuning) stage can load."""
+    from mlx_lm import convert
+
+    from smolmac.generate import generate, load_for_generation
+
+    qbase = tmp_path / "q4"
+    convert(str(tiny_model), str(qbase), quantize=True, q_group_size=32, q_bits=4)
+    recipe = {
+        "model": str(qbase), "data": {"train": str(chat_file)},
+        "train": {"batch_size": 4, "lr": 5e-3, "report_every": 1},
+        "stages": [{"name": "qlora", "method": "sft", "lora": {"rank": 4}, "train": {"steps": 3}},
+                   {"name": "full", "method": "sft", "full": True, "train": {"steps": 2}}],
+    }
+    run = smolmac.train(recipe, run_dir=tmp_path / "p")
+    fused = tmp_path / "p" / "1-qlora" / "fused"
+    assert "quantization" not in json.loads((fused / "config.json").read_text())
+    assert run.model_path == tmp_path / "p" / "2-full" / "model" and not run.stopped
+    # the fused float model answers like the 4-bit base + adapter it was made from
+    a = generate(*load_for_generation(str(qbase), str(tmp_path / "p" / "1-qlora" / "adapter")), "reverse: the cat", max_tokens=8)
+    b = generate(*load_for_generation(str(fused)), "reverse: the cat", max_tokens=8)
+    assert a == b

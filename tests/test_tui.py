@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from smolmac.events import EventTail
+from smolmac.launcher import Launcher, list_runs
 from smolmac.tui import i18n
 from smolmac.tui.app import SmolmacApp
-from smolmac.tui.runner import EventTail, Launcher, RunView, list_runs
+from smolmac.tui.view import RunView
 
 SIZE = (100, 32)
 T0 = 1_750_000_000.0  # fixed event times: deterministic "Started" column
@@ -101,12 +103,21 @@ def make_app(tmp_path, launcher=None, chat=None, **kw) -> SmolmacApp:
                       chat_backend=chat or FakeChat(), memory_gb=kw.pop("memory_gb", 16.0), list_models=kw.pop("list_models", lambda: ["org/tiny-chat"]), **kw)
 
 
-async def wait_for(pilot, condition, timeout=10.0, step=0.05):
-    """Pause the pilot until `condition()` holds (fails the test after `timeout` seconds)."""
+def poll_until(condition, seen, timeout=60.0):
+    """Wait (without a UI) until `condition()` holds; after `timeout` s fail with `seen()`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s; saw: {seen()}"
+        time.sleep(0.05)
+
+
+async def wait_for(pilot, condition, timeout=60.0, step=0.05):
+    """Pause the pilot until `condition()` holds; after `timeout` seconds (generous: CI machines are
+    busy) fail with what the screen shows."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {timeout}s; the screen shows:\n{_render(pilot.app)}")
         await pilot.pause(step)
 
 
@@ -127,10 +138,11 @@ def test_i18n_detects_language_and_covers_every_string():
     assert i18n.detect_language({"LC_ALL": "it_CH", "LANG": "en_US"}) == "it"
     assert i18n.detect_language({}) == "en"
     table = json.loads((i18n.LOCALES / "it.json").read_text(encoding="utf-8"))
-    from smolmac.tui import memory, runner
-    from smolmac.tui.screens import chat, export, new_run, runs
+    from smolmac import launcher, memory
+    from smolmac.tui import view
+    from smolmac.tui.screens import chat, export, new_run
 
-    used = {runner.CRASHED, *memory.PARTS, *memory.SUGGESTIONS, *runs.STATUS_STYLE, *chat.MODES, *new_run.LABELS.values()}
+    used = {launcher.CRASHED, *memory.PARTS, *memory.SUGGESTIONS, *view.STATUS_STYLE, *chat.MODES, *new_run.LABELS.values()}
     used |= {label for _, label in export.FORMATS}
     for path in Path(i18n.__file__).parent.rglob("*.py"):  # every literal t("...") / t('...')
         used |= {m[1] for m in re.findall(r"""\bt\((["'])((?:(?!\1).)*)\1""", path.read_text(encoding="utf-8"))}
@@ -180,43 +192,19 @@ def test_a_run_whose_process_died_is_failed_with_its_last_output(tmp_path):
 
 def test_launcher_runs_children_in_their_own_session_and_stops_them_from_a_new_app(tmp_path):
     # A stand-in for the CLI that waits for SIGINT like `smolmac train` does, then says it stopped.
-    child = "import signal, sys, time  # smolmac\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(print('stopped', sys.argv[1:])))\ntime.sleep(60)\n"
+    child = ("import signal, sys, time  # smolmac\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(print('stopped', sys.argv[1:])))\n"
+             "print('ready', flush=True)\ntime.sleep(120)\n")
     launcher = Launcher(command=[sys.executable, "-c", child])
     run_dir = tmp_path / "runs" / "r1"
     pid = launcher.start(tmp_path / "recipe.yaml", run_dir)
     assert int((run_dir / "pid").read_text()) == pid and launcher.alive(run_dir)
     assert os.getsid(pid) != os.getsid(0)  # its own session: it outlives the app and its terminal
-    time.sleep(0.5)  # let it install its handler
+    poll_until(lambda: "ready" in (run_dir / "train.log").read_text(), lambda: (run_dir / "train.log").read_text())
     reopened = Launcher()  # a later app knows the run only from its pid file
     assert reopened.alive(run_dir) is True and reopened.stop(run_dir)
-    deadline = time.monotonic() + 10
-    while launcher.alive(run_dir):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    poll_until(lambda: not launcher.alive(run_dir), lambda: (run_dir / "train.log").read_text())
     assert "stopped" in (run_dir / "train.log").read_text() and "--run-dir" in (run_dir / "train.log").read_text()
     assert reopened.alive(run_dir) is False and not reopened.stop(run_dir)
-
-
-def test_memory_estimate_suggests_the_largest_batch_that_fits(tiny_model):
-    from smolmac.config import load_recipe
-    from smolmac.tui.memory import (
-        GRAD_CHECKPOINT,
-        SMALLER_BATCH,
-        estimate,
-        estimate_memory,
-        model_config,
-    )
-
-    cfg = load_recipe({"model": str(tiny_model), "train": {"batch_size": 8, "max_seq_len": 4096}})
-    mc = model_config(cfg)
-    assert mc["hidden_size"] == 64  # read from the local folder, nothing downloaded
-    peak = {b: estimate_memory(load_recipe(cfg, {"train": {"batch_size": b}}), mc, 1e9).total_gb for b in (3, 4, 8)}
-    assert peak[3] < peak[4] < peak[8]
-    est = estimate(cfg, budget_gb=(peak[3] + peak[4]) / 2)
-    assert not est.fits and est.total_gb == peak[8]
-    assert (SMALLER_BATCH, {"b": 3, "a": 3}) in est.suggestions and (GRAD_CHECKPOINT, {}) in est.suggestions
-    assert estimate(cfg, budget_gb=peak[8] + 0.01).suggestions == []
-    assert estimate(load_recipe({"model": "nobody/not-in-the-cache"})) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +230,7 @@ async def test_runs_screen_lists_statuses_deletes_compares_and_refuses_bad_resum
 
         # A new step appended to the live run shows up on the next refresh.
         append(live, [train_event(20)])
-        await wait_for(pilot, lambda: next(r for r in screen.runs if r["name"] == "gamma")["step"] == 20, timeout=3)
+        await wait_for(pilot, lambda: next(r for r in screen.runs if r["name"] == "gamma")["step"] == 20)
 
         # Resume is refused for a finished run (error modal), allowed for a failed one.
         names = [r["name"] for r in screen.runs]
@@ -306,11 +294,11 @@ async def test_dashboard_follows_a_growing_event_log_then_a_crash(tmp_path, monk
         append(run, [start_event(total=40)])
         for step in (1, 10, 20):
             append(run, [train_event(step, total=40)])
-            await wait_for(pilot, lambda step=step: dash.view.step == step, timeout=3)
-        await wait_for(pilot, lambda: chart.point_count() == 3, timeout=3)
+            await wait_for(pilot, lambda step=step: dash.view.step == step)
+        await wait_for(pilot, lambda: chart.point_count() == 3)
         append(run, [{"type": "eval", "step": 20, "val_loss": 1.9, "val_ppl": 6.7, "time": T0 + 21},
                      {"type": "sample", "step": 20, "prompt": "reverse: cat dog", "completion": "dog cat", "time": T0 + 21}])
-        await wait_for(pilot, lambda: chart.point_count() == 4, timeout=3)
+        await wait_for(pilot, lambda: chart.point_count() == 4)
         text = _render(app)
         for needle in ("step 20/40", "val 1.9000", "dog cat", "1,234 tok/s", "0.42 GB"):
             assert needle in text, text
@@ -322,7 +310,7 @@ async def test_dashboard_follows_a_growing_event_log_then_a_crash(tmp_path, monk
         # The process dies with no done/error event: failed, with the last line it printed.
         (run / "train.log").write_text("Traceback ...\nRuntimeError: [metal::malloc] out of memory\n")
         launcher.alive_dirs["live"] = False
-        await wait_for(pilot, lambda: dash.status == "failed", timeout=3)
+        await wait_for(pilot, lambda: dash.status == "failed")
         assert "out of memory" in _render(app)
 
         # Resume: the launcher is asked, and the new start event brings it back to running.
@@ -330,9 +318,9 @@ async def test_dashboard_follows_a_growing_event_log_then_a_crash(tmp_path, monk
         assert ("resume", "live") in launcher.calls
         launcher.alive_dirs["live"] = True
         append(run, [start_event(total=40, step=20, resumed=20), train_event(30, total=40)])
-        await wait_for(pilot, lambda: dash.status == "running" and dash.view.step == 30, timeout=3)
+        await wait_for(pilot, lambda: dash.status == "running" and dash.view.step == 30)
         append(run, [train_event(40, total=40), {"type": "done", "step": 40, "output": "runs/live/adapter", "stopped": False, "time": T0 + 50}])
-        await wait_for(pilot, lambda: dash.status == "finished", timeout=3)
+        await wait_for(pilot, lambda: dash.status == "finished")
         assert "runs/live/adapter" in _render(app)
 
 
@@ -370,7 +358,7 @@ async def test_new_run_form_validates_previews_estimates_and_saves(tmp_path, mon
         form.query_one("#f-method").value = "sft"
 
         # Data preview: format, rows, and the example with trained (assistant) tokens highlighted.
-        await wait_for(pilot, lambda: "messages" in str(form.query_one("#preview-summary").render()), timeout=30)
+        await wait_for(pilot, lambda: "messages" in str(form.query_one("#preview-summary").render()))
         assert "48 rows" in str(form.query_one("#preview-summary").render())
         example = form.preview["example"]  # the rich Text shown in #preview-example
         trained = "".join(example.plain[s.start:s.end] for s in example.spans if "on #" in str(s.style))
@@ -380,7 +368,7 @@ async def test_new_run_form_validates_previews_estimates_and_saves(tmp_path, mon
         assert first[0]["content"] in dimmed and first[0]["content"] not in trained  # the prompt is masked
 
         # Memory estimate against (a tiny) machine memory, with suggestions.
-        await wait_for(pilot, lambda: "GB" in str(form.query_one("#memory").render()), timeout=10)
+        await wait_for(pilot, lambda: "GB" in str(form.query_one("#memory").render()))
         memory = str(form.query_one("#memory").render())
         assert "probably too much" in memory and "grad_checkpoint" in memory and "QLoRA" in memory
 
@@ -419,7 +407,7 @@ async def test_chat_streams_base_and_adapter_side_by_side_on_one_worker_thread(t
         for prompt in ("hello", "again"):
             screen.query_one("#chat-prompt").value = prompt
             await pilot.press("enter")
-            await wait_for(pilot, lambda: screen.pending == 0 and len(screen.query_one("#pane-adapter").messages) % 2 == 0, timeout=5)
+            await wait_for(pilot, lambda: screen.pending == 0 and len(screen.query_one("#pane-adapter").messages) % 2 == 0)
         base, adapter = screen.query_one("#pane-base"), screen.query_one("#pane-adapter")
         assert [m["content"] for m in base.messages] == ["hello", "base says: hello (turn 1) ", "again", "base says: again (turn 2) "]
         assert adapter.messages[-1]["content"] == "adapter says: again (turn 2) "
@@ -443,7 +431,7 @@ async def test_export_screen_reports_a_missing_engine_module_as_an_error(tmp_pat
         screen = app.screen
         assert screen.query_one("#export-out").value == str(Path("exports") / "done-peft")
         await pilot.press("ctrl+e")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ErrorDialog", timeout=5)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ErrorDialog")
         assert "smolmac.export" in app.screen.message
         await pilot.press("escape")
         await pilot.press("ctrl+u")  # nothing exported yet: a clear sentence, no crash
@@ -532,7 +520,7 @@ def test_snapshot_new_run(snap_compare, tmp_path, monkeypatch, tiny_model, chat_
         await pilot.press("n")
         await pilot.pause()
         pilot.app.screen.query_one("#recipe").value = "recipes/sft-tiny.yaml"
-        await wait_for(pilot, lambda: "GB" in str(pilot.app.screen.query_one("#memory").render()), timeout=30)
+        await wait_for(pilot, lambda: "GB" in str(pilot.app.screen.query_one("#memory").render()))
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
 
@@ -543,6 +531,7 @@ def test_snapshot_new_run(snap_compare, tmp_path, monkeypatch, tiny_model, chat_
 # End to end: a real tiny run started from the New run screen
 
 
+@pytest.mark.slow
 async def test_end_to_end_real_run_from_new_run_screen(tmp_path, monkeypatch, tiny_model, chat_file):
     """New run -> Start -> live dashboard -> Stop (checkpoint) -> Resume -> finished -> chat -> export."""
     monkeypatch.chdir(tmp_path)
@@ -569,7 +558,7 @@ async def test_end_to_end_real_run_from_new_run_screen(tmp_path, monkeypatch, ti
             return (dash.view.error, dash.crashed, path.read_text()[-2000:] if path.exists() else "")
 
         # Stop as soon as the child reports its start: it checkpoints and stops early.
-        await wait_for(pilot, lambda: dash.view.start is not None or dash.status == "failed", timeout=120)
+        await wait_for(pilot, lambda: dash.view.start is not None or dash.status == "failed")
         assert dash.status == "running", log()
         await pilot.press("s")
         counts = []
@@ -581,7 +570,7 @@ async def test_end_to_end_real_run_from_new_run_screen(tmp_path, monkeypatch, ti
         assert 0 < stopped_at < 300 and list((dash.run_dir / "checkpoints").iterdir())
 
         # Resume once the child has exited: the same dashboard follows the new child to the end.
-        await wait_for(pilot, lambda: app.launcher.alive(dash.run_dir) is False, timeout=30)
+        await wait_for(pilot, lambda: app.launcher.alive(dash.run_dir) is False)
         await pilot.press("r")
         deadline = time.monotonic() + 180
         while dash.status != "finished":
@@ -598,7 +587,7 @@ async def test_end_to_end_real_run_from_new_run_screen(tmp_path, monkeypatch, ti
         await pilot.press("escape")
         await pilot.pause()
         runs = app.screen
-        await wait_for(pilot, lambda: runs.runs[0]["status"] == "finished" and not runs.runs[0]["alive"], timeout=15)
+        await wait_for(pilot, lambda: runs.runs[0]["status"] == "finished" and not runs.runs[0]["alive"])
 
         # Chat with the base and the run's adapter side by side (real MLX generation on the worker).
         await pilot.press("t")
@@ -608,7 +597,7 @@ async def test_end_to_end_real_run_from_new_run_screen(tmp_path, monkeypatch, ti
         chat.query_one("#chat-max").value = "6"
         chat.query_one("#chat-prompt").value = "reverse: cat dog"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: chat.pending == 0, timeout=60)
+        await wait_for(pilot, lambda: chat.pending == 0)
         for side in ("base", "adapter"):
             reply = chat.query_one(f"#pane-{side}").messages[-1]
             assert reply["role"] == "assistant" and reply["content"] and "✗" not in _render(app)
@@ -619,10 +608,36 @@ async def test_end_to_end_real_run_from_new_run_screen(tmp_path, monkeypatch, ti
         await pilot.pause()
         await pilot.press("ctrl+e")
         out = tmp_path / "exports" / f"{dash.run_dir.name}-peft"
-        await wait_for(pilot, lambda: not app.screen.busy and (out / "adapter_config.json").is_file(), timeout=60)
+        await wait_for(pilot, lambda: not app.screen.busy and (out / "adapter_config.json").is_file())
         assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
         app.screen.query_one("#export-repo").value = "someone/tiny-chat-lora"
         await pilot.press("ctrl+d")  # dry run: offline, lists files and the model card
-        await wait_for(pilot, lambda: not app.screen.busy, timeout=30)
+        await wait_for(pilot, lambda: not app.screen.busy)
         shown = "\n".join(app.screen.transcript)
         assert "adapter_model.safetensors" in shown and "library_name: peft" in shown, shown
+
+
+async def test_export_screen_offers_gguf_with_the_size_it_will_write(tmp_path, monkeypatch, tiny_model):
+    """The formats come from the engine's registry; choosing GGUF offers its types (q8_0, q4_0),
+    a .gguf destination and an estimate of the size, and Ctrl+E writes that file."""
+    from test_export import make_run
+
+    monkeypatch.chdir(tmp_path)
+    make_run(tmp_path / "runs" / "tuned", tiny_model, {"targets": ["q_proj", "v_proj"], "layers": "all", "dora": False})
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("e")
+        await pilot.pause()
+        screen = app.screen
+        formats = {value for _, value in screen.query_one("#export-format")._options}
+        assert {"gguf", "ollama", "gguf-lora", "mlx-q4", "mlx-q8"} <= formats
+        await wait_for(pilot, lambda: "for peft" in _render(app))
+        screen.query_one("#export-format").value = "gguf"
+        await wait_for(pilot, lambda: "for gguf" in _render(app))
+        assert screen.query_one("#export-out").value == str(Path("exports") / "tuned-gguf.gguf")
+        assert {"f16", "q8_0", "q4_0"} <= {value for _, value in screen.query_one("#export-dtype")._options}
+        screen.query_one("#export-dtype").value = "q4_0"
+        await pilot.press("ctrl+e")
+        out = tmp_path / "exports" / "tuned-gguf.gguf"
+        await wait_for(pilot, lambda: not screen.busy and out.is_file())
+        assert out.read_bytes()[:4] == b"GGUF" and " KB written." in "\n".join(screen.transcript)

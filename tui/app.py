@@ -15,12 +15,10 @@ from pathlib import Path
 from textual.app import App
 from textual.binding import Binding
 
-from smolmac.errors import UserError
+from smolmac.launcher import Launcher, list_runs
 from smolmac.tui.dialogs.confirm import ConfirmDialog
-from smolmac.tui.dialogs.error import ErrorDialog
+from smolmac.tui.dialogs.error import ErrorDialog, describe_error
 from smolmac.tui.i18n import t
-from smolmac.tui.memory import machine_memory_gb
-from smolmac.tui.runner import Launcher, list_runs
 
 
 def cached_models() -> list[str]:
@@ -34,15 +32,6 @@ def cached_models() -> list[str]:
     return sorted(r.repo_id for r in info.repos if r.repo_type == "model")
 
 
-def describe_error(error: BaseException) -> str:
-    """The one sentence a modal shows for an exception."""
-    if isinstance(error, UserError):
-        return str(error)
-    if isinstance(error, ImportError) and getattr(error, "name", "") and error.name.startswith("smolmac"):
-        return t("{module} is not available in this installation; update smolmac.", module=error.name)
-    return f"{type(error).__name__}: {error}"
-
-
 class SmolmacApp(App):
     """The app. Tests build it with fakes: a launcher, a chat backend, a fixed memory size.
 
@@ -51,7 +40,7 @@ class SmolmacApp(App):
         recipes_dir: folder of recipe YAML files offered by New run.
         launcher: starts/stops runs (default: child processes, see runner.Launcher).
         chat_backend: loads models and streams replies (default: chat_backend.MLXChatBackend).
-        memory_gb: memory available to a run (default: this machine's).
+        memory_gb: memory available to a run (default: smolmac.memory.budget_gb(), this machine's).
         list_models: returns the Hub ids offered for the model field (default: the HF cache).
     """
 
@@ -74,7 +63,7 @@ class SmolmacApp(App):
 
             chat_backend = MLXChatBackend()
         self.chat_backend = chat_backend
-        self.memory_gb = machine_memory_gb() if memory_gb is None else memory_gb
+        self.memory_gb = memory_gb
         self.list_models = list_models or cached_models
 
     def on_mount(self) -> None:

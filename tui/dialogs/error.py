@@ -8,7 +8,17 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from smolmac.errors import UserError
 from smolmac.tui.i18n import t
+
+
+def describe_error(error: BaseException) -> str:
+    """The one sentence a modal shows for an exception."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, ImportError) and getattr(error, "name", "") and error.name.startswith("smolmac"):
+        return t("{module} is not available in this installation; update smolmac.", module=error.name)
+    return f"{type(error).__name__}: {error}"
 
 
 class ErrorDialog(ModalScreen[None]):

@@ -219,7 +219,7 @@ class ChatScreen(Screen):
                             break
                         self.post_message(ChatPiece(side, piece))
                 except Exception as e:  # shown in the transcript; the worker keeps serving
-                    from smolmac.tui.app import describe_error
+                    from smolmac.tui.dialogs.error import describe_error
 
                     self.post_message(ChatStatus(""))
                     self.post_message(ChatFinished(side, describe_error(e)))

@@ -13,7 +13,7 @@ from textual.widgets import Footer, Header, Static
 from smolmac.events import read_events
 from smolmac.runs import read_run
 from smolmac.tui.i18n import t
-from smolmac.tui.runner import RunView, model_label
+from smolmac.tui.view import RunView, model_label
 from smolmac.tui.widgets.loss_chart import LossChart
 
 

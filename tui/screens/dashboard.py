@@ -15,9 +15,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
 
+from smolmac.events import EventTail
+from smolmac.launcher import CRASHED, last_log_line
 from smolmac.tui.i18n import t
-from smolmac.tui.runner import CRASHED, EventTail, RunView, fmt_duration, last_log_line
-from smolmac.tui.screens.runs import status_text
+from smolmac.tui.view import RunView, fmt_duration, status_text
 from smolmac.tui.widgets.loss_chart import LossChart
 
 

@@ -33,11 +33,12 @@ from textual.widgets import (
 )
 
 from smolmac import config as C
+from smolmac.launcher import RECIPE_FILE
+from smolmac.methods import METHODS
 from smolmac.tui.dialogs.confirm import ConfirmDialog
 from smolmac.tui.dialogs.prompt import PromptDialog
 from smolmac.tui.i18n import t
 from smolmac.tui.messages import MemoryReady, ModelsListed, PreviewReady
-from smolmac.tui.runner import RECIPE_FILE
 from smolmac.tui.widgets.config_form import (
     SPECS,
     FieldRow,
@@ -55,13 +56,15 @@ PREVIEW_KEYS = {"model", "method", "data.train", "data.format", "data.columns", 
 
 def section_visible(section: str, values: dict) -> bool:
     """Which sections matter for the chosen method (the others keep their defaults)."""
-    method, full = values.get("method"), values.get("full")
+    m = METHODS.get(values.get("method"))
+    if m is None:
+        return True
     if section == "lora":
-        return not full and method not in ("pretrain", "tokenizer")
-    if section in ("dpo", "orpo"):
-        return method == section
+        return not values.get("full") and m.trains and not m.full
     if section == "tokenizer":
-        return method in ("pretrain", "tokenizer") or isinstance(values.get("model"), dict)
+        return m.section == "tokenizer" or m.full or isinstance(values.get("model"), dict)
+    if any(other.section == section for other in METHODS.values()):
+        return m.section == section
     return True
 
 
@@ -252,10 +255,10 @@ class NewRunScreen(Screen):
 
     @work(thread=True, exclusive=True, group="memory", exit_on_error=False)
     def estimate_memory(self, cfg: C.Config) -> None:
-        from smolmac.tui.memory import estimate
+        from smolmac.memory import verdict
 
         try:
-            est = estimate(cfg, self.app.memory_gb)
+            est = verdict(cfg, budget=self.app.memory_gb)
         except Exception as e:  # an unreadable config.json must not break the form
             self.post_message(MemoryReady(None, str(e)))
             return
@@ -293,7 +296,7 @@ class NewRunScreen(Screen):
         try:
             preview = load_preview(cfg)
         except Exception as e:  # a UserError about the data, shown in the Data tab
-            from smolmac.tui.app import describe_error
+            from smolmac.tui.dialogs.error import describe_error
 
             preview = {"error": describe_error(e), "source": cfg.data.train}
         self.post_message(PreviewReady(preview))

@@ -11,15 +11,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from smolmac.launcher import CRASHED, list_runs
 from smolmac.tui.dialogs.confirm import ConfirmDialog
 from smolmac.tui.i18n import t
-from smolmac.tui.runner import fmt_time, list_runs, model_label, shorten
-
-STATUS_STYLE = {"running": "bold cyan", "starting": "cyan", "finished": "green", "stopped": "yellow", "failed": "bold red", "new": "dim"}
-
-
-def status_text(status: str) -> Text:
-    return Text(t(status), style=STATUS_STYLE.get(status, ""))
+from smolmac.tui.view import fmt_time, model_label, shorten, status_text
 
 
 class RunsScreen(Screen):
@@ -105,7 +100,7 @@ class RunsScreen(Screen):
         if run is None:
             detail.update("")
         elif run.get("error"):
-            detail.update(Text.assemble((t("Error") + ": ", "bold red"), run["error"]))
+            detail.update(Text.assemble((t("Error") + ": ", "bold red"), t(run["error"]) if run["error"] == CRASHED else run["error"]))
         else:
             model = run.get("model")
             detail.update(Text(f"{run['dir']}  ·  {model if isinstance(model, str) else model_label(model)}  ·  " + t("enter opens the dashboard, space marks two runs to compare"), style="dim"))

@@ -1,29 +1,25 @@
-"""Runs as child processes: start, resume, stop, liveness, and tailing `events.jsonl`.
+"""Runs as child processes: start, resume, stop, liveness, and the list of runs with their
+process status. The app calls this; it never starts or signals processes itself.
 
 A run is `python -m smolmac.cli train RECIPE --run-dir DIR` in its own session, so it survives
-the app closing and a crash or out-of-memory kill cannot take the UI down. The app only reads
-what the run writes: `DIR/events.jsonl` (events, see smolmac/events.py), `DIR/pid` (written
-here at launch) and `DIR/train.log` (the child's stdout and stderr, whose last line is the error
-of a run that died without reporting one). Nothing here imports textual.
+the app closing and a crash or out-of-memory kill cannot take the UI down. What the run writes is
+all there is to read: `DIR/events.jsonl` (smolmac/events.py), `DIR/pid` (written here at launch)
+and `DIR/train.log` (the child's stdout and stderr, whose last line is the error of a run that died
+without reporting one).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from smolmac.errors import UserError
 from smolmac.runs import read_run
-from smolmac.tui.i18n import t
 
 PID_FILE = "pid"
 LOG_FILE = "train.log"
@@ -61,7 +57,7 @@ class Launcher:
     def resume(self, run_dir: str | Path) -> int:
         """Start `smolmac train --resume DIR`; returns the child's pid."""
         if self.alive(run_dir):
-            raise UserError(t("{run}: its process is still running (training, or saving its checkpoint after a stop); wait until it has exited, then resume.", run=str(run_dir)))
+            raise UserError(f"{run_dir}: its process is still running (training, or saving its checkpoint after a stop); wait until it has exited, then resume.")
         return self._spawn(Path(run_dir), ["--resume", str(run_dir)])
 
     def stop(self, run_dir: str | Path) -> bool:
@@ -160,7 +156,7 @@ def run_summary(run_dir: str | Path, launcher: Launcher | None = None) -> dict:
     info["alive"] = bool(alive)
     if info["status"] in ("running", "new") and alive is False:
         info["status"] = "failed"
-        info["error"] = last_log_line(run_dir) or t(CRASHED)
+        info["error"] = last_log_line(run_dir) or CRASHED
     elif info["status"] == "new" and alive:
         info["status"] = "starting"
     return info
@@ -174,126 +170,3 @@ def list_runs(runs_dir: str | Path, launcher: Launcher | None = None) -> list[di
     dirs = [p for p in root.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or (p / "events.jsonl").is_file() or (p / PID_FILE).is_file())]
     out = [run_summary(d, launcher) for d in dirs]
     return sorted(out, key=lambda r: (r["started"] or (Path(r["dir"]).stat().st_mtime), r["name"]), reverse=True)
-
-
-class EventTail:
-    """Reads the complete lines appended to an events.jsonl since the last call."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.offset = 0
-        self.partial = b""
-
-    def poll(self) -> list[dict]:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            return []
-        if size < self.offset:  # the file was replaced: start over
-            self.offset, self.partial = 0, b""
-        if size == self.offset:
-            return []
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read(size - self.offset)
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()  # an unfinished last line waits for the next poll
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-
-@dataclass
-class RunView:
-    """What the dashboard shows, folded from events (pure; the screen only renders it)."""
-
-    total_steps: int | None = None
-    step: int = 0
-    train: list = field(default_factory=list)  # (step, loss)
-    valid: list = field(default_factory=list)  # (step, val_loss)
-    last_train: dict | None = None
-    last_eval: dict | None = None
-    start: dict | None = None
-    done: dict | None = None
-    error: str | None = None
-    samples: deque = field(default_factory=lambda: deque(maxlen=6))
-
-    def add(self, e: dict) -> str | None:
-        """Fold one event in; returns its one-line description for the event log (or None)."""
-        kind, step = e.get("type"), e.get("step", 0)
-        if kind == "start":
-            self.start, self.total_steps, self.done, self.error = e, e.get("total_steps"), None, None
-            # A resumed run re-reports from its checkpoint: drop points past it.
-            self.train = [p for p in self.train if p[0] <= step]
-            self.valid = [p for p in self.valid if p[0] <= step]
-            self.step = step
-            resumed = f" (resumed at step {e['resumed_from']})" if e.get("resumed_from") else ""
-            return f"start {e.get('method')} {e.get('model')}: {e.get('trainable_params', 0):,} trainable, {e.get('train_rows')} train / {e.get('valid_rows')} valid rows{resumed}"
-        if kind == "train":
-            self.last_train, self.step = e, step
-            self.train.append((step, e["loss"]))
-            return None
-        if kind == "eval":
-            self.last_eval = e
-            self.valid.append((step, e["val_loss"]))
-            return f"step {step}: val loss {e['val_loss']:.4f}, ppl {e.get('val_ppl', 0):.2f}"
-        if kind == "sample":
-            self.samples.append(e)
-            return None
-        if kind == "checkpoint":
-            return f"step {step}: checkpoint {Path(e.get('path', '')).name}"
-        if kind == "done":
-            self.done, self.step = e, step
-            return f"step {step}: {'stopped' if e.get('stopped') else 'finished'} → {e.get('output')}"
-        if kind == "error":
-            self.error = e.get("message")
-            return f"error: {self.error}"
-        return None
-
-    @property
-    def status(self) -> str:
-        if self.error:
-            return "failed"
-        if self.done:
-            return "stopped" if self.done.get("stopped") else "finished"
-        return "running" if self.start else "starting"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def fmt_time(timestamp: float | None, now: float | None = None) -> str:
-    """Local time of an event: the year only when it is not this year."""
-    if not timestamp:
-        return "-"
-    when, today = time.localtime(timestamp), time.localtime(now)
-    return time.strftime("%m-%d %H:%M" if when.tm_year == today.tm_year else "%Y-%m-%d %H:%M", when)
-
-
-def shorten(text: str, width: int) -> str:
-    """`text` cut in the middle with an ellipsis when longer than `width`."""
-    if len(text) <= width:
-        return text
-    head = (width - 1) // 2
-    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
-
-
-def model_label(model) -> str:
-    """A short label for a recipe's model (a repo or folder name, or `new <preset>`)."""
-    if isinstance(model, dict):
-        spec = model.get("new") or {}
-        return f"new {spec.get('preset', 'nano')}" if isinstance(spec, dict) else "new"
-    if not model:
-        return "-"
-    return Path(str(model)).name  # the folder's name, or the repo name of a Hub id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from smolmac import data
+from smolmac.batches import Batches
 from smolmac.data import hf_tokenizer
 from smolmac.errors import UserError
 from smolmac.losses import lm_loss
@@ -41,8 +42,8 @@ def build_task(cfg, model, tokenizer, run_dir) -> Task:
         raise UserError(f"{cfg.data.train}: preference rows (chosen/rejected) need method dpo or orpo, not sft.")
     t = cfg.train
     train_ex = data.tokenize_rows(tokenizer, kind, rows)
-    train = data.Batches(train_ex, t.batch_size, t.max_seq_len, t.seed, t.packing, pad_id(tokenizer))
+    train = Batches(train_ex, t.batch_size, t.max_seq_len, t.seed, t.packing, pad_id(tokenizer))
     valid = None
     if valid_rows:
-        valid = data.Batches(data.tokenize_rows(tokenizer, kind, valid_rows), t.batch_size, t.max_seq_len, t.seed, False, pad_id(tokenizer))
+        valid = Batches(data.tokenize_rows(tokenizer, kind, valid_rows), t.batch_size, t.max_seq_len, t.seed, False, pad_id(tokenizer))
     return Task(train, valid, lm_loss, len(rows), len(valid_rows), train.truncated, notes={"format": kind})

@@ -1,11 +1,10 @@
-"""Preference alignment: DPO and ORPO with TRL's definitions (SPECS §4-6), one model in memory.
-
-    smolmac train recipes/dpo-lora-smollm2-135m.yaml      # method: dpo
-    smolmac train recipes/orpo-lora-smollm2-135m.yaml     # method: orpo
+"""Preference data for DPO, ORPO and any pairwise method: rows to (chosen, rejected) token pairs,
+pair batches, and reference log-probs; methods/dpo.py and methods/orpo.py add their losses.
 
 Rows are `{prompt, chosen, rejected}` (strings or message lists) or the implicit
 `{chosen, rejected}` (the prompt is their longest common prefix). A pair is two token rows that
-share the prompt; the loss masks cover the completion only, end-of-turn token included.
+share the prompt; the loss masks cover the completion only: up to and including the end-of-turn
+token (`tokenization: smolmac`), or exactly TRL's completion tokens (`tokenization: trl`).
 
 The DPO reference is the same weights with the adapters taken out (or, for full fine-tuning,
 the initial weights): its summed completion log-probs are computed once per pair before
@@ -19,7 +18,6 @@ import hashlib
 import json
 import os
 import time
-from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -27,10 +25,11 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from smolmac import data
+from smolmac.batches import Batches, pad_to
 from smolmac.data import WHERE, Example, hf_tokenizer
 from smolmac.errors import UserError
-from smolmac.losses import completion_logps, dpo_batch_loss, orpo_batch_loss
-from smolmac.sft import load_split_rows, pad_id
+from smolmac.losses import completion_logps
+from smolmac.methods.sft import load_split_rows, pad_id
 from smolmac.trainer import Task
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +91,9 @@ def split_row(row: dict) -> tuple[list[dict] | str, list[dict] | str, list[dict]
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenisation
+# Tokenisation: `smolmac` (our own) or `trl` (TRL 1.16's exact tokens), per dpo/orpo.tokenization
+
+TOKENIZATIONS = ("smolmac", "trl")
 
 
 def _encode(hf, text: str) -> list[int]:
@@ -128,20 +129,108 @@ def encode_side(tokenizer, prompt, completion, conversational: bool, tools=None)
     return Example(np.asarray(ids, dtype=np.int32), mask)
 
 
-def tokenize_pairs(tokenizer, rows: list[dict], max_len: int) -> tuple[list[tuple[Example, Example]], dict]:
-    """Tokenise preference rows into (chosen, rejected) examples of at most max_len + 1 tokens.
+def _example(ids: list[int], n_prompt: int) -> Example:
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[n_prompt:] = True
+    return Example(np.asarray(ids, dtype=np.int32), mask)
 
-    Identical pairs are skipped and prompts of more than max_len tokens dropped (both counted);
-    longer completions are cut at the end, keeping the prompt's start (counted as truncated).
-    Returns (pairs, counts).
+
+def encode_pair_trl_dpo(tokenizer, prompt, chosen, rejected, conversational: bool, tools=None) -> tuple[Example, Example]:
+    """(chosen, rejected) exactly as TRL 1.16's `DPOTrainer._prepare_dataset` tokenises them.
+
+    Chat: the prompt (with the generation prompt) and prompt + reply are rendered and tokenised
+    without special tokens; everything after the prompt is trained, the template's trailing
+    newline included. Plain strings: EOS is appended to each reply as text (unless already
+    there), then prompt and prompt + reply are tokenised with the tokenizer's own special tokens
+    (a BOS where the tokenizer adds one). The prompt is the longest token prefix shared with
+    both sides (TRL's `common_prefix_length`), so both masks start at the same position.
     """
     hf = hf_tokenizer(tokenizer)
+    if conversational:
+        def enc(msgs, gen=False):
+            return _encode(hf, data.render(tokenizer, msgs, add_generation_prompt=gen, tools=tools))
+
+        p, pc, pr = enc(prompt, True), enc(prompt + chosen), enc(prompt + rejected)
+    else:
+        eos = hf.eos_token or ""
+        chosen, rejected = (s if s.endswith(eos) else s + eos for s in (chosen, rejected))
+
+        def enc(text):
+            return list(hf(text)["input_ids"])
+
+        p, pc, pr = enc(prompt), enc(prompt + chosen), enc(prompt + rejected)
+    n = min(_common_prefix(p, pc), _common_prefix(p, pr))
+    return _example(pc, n), _example(pr, n)
+
+
+def _trl_chat_text(tokenizer, prompt, chosen, rejected, tools=None) -> tuple[str, str, str]:
+    """TRL's `maybe_apply_chat_template` for a preference row: (prompt, chosen, rejected) text.
+
+    The prompt ends with the generation prompt (or continues a final assistant message); each
+    reply is the rest of the rendered conversation, the template's trailing newline included.
+    """
+    hf = hf_tokenizer(tokenizer)
+    last = prompt[-1]["role"] if prompt else "user"
+    p = hf.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=last != "assistant",
+                               continue_final_message=last == "assistant")
+    pc, pr = data.render(tokenizer, prompt + chosen, tools=tools), data.render(tokenizer, prompt + rejected, tools=tools)
+    p = p[: _common_prefix(p, pc)]
+    p = p[: _common_prefix(p, pr)]
+    return p, pc[len(p):], pr[len(p):]
+
+
+def encode_pair_trl_orpo(tokenizer, prompt, chosen, rejected, conversational: bool, tools=None) -> tuple[Example, Example]:
+    """(chosen, rejected) exactly as TRL 1.16's `ORPOTrainer.tokenize_row` tokenises them.
+
+    Chat rows become text first (`_trl_chat_text`). Prompt and prompt + reply are tokenised
+    without special tokens; the reply starts after the prompt's tokens (one earlier when the
+    last prompt token merged with the reply). BOS is prepended when the tokenizer has one and
+    the sequence does not start with it, and EOS appended when the reply does not end with it
+    (a ChatML reply thus ends `<|im_end|>`, newline, `<|im_end|>`).
+    """
+    hf = hf_tokenizer(tokenizer)
+    if conversational:
+        prompt, chosen, rejected = _trl_chat_text(tokenizer, prompt, chosen, rejected, tools)
+    p = _encode(hf, prompt)
+    bos, eos = hf.bos_token_id, hf.eos_token_id
+    out = []
+    for reply in (chosen, rejected):
+        full = _encode(hf, prompt + reply)
+        start = len(p) if full[: len(p)] == p else len(p) - 1
+        head, tail = full[:start], full[start:]
+        if bos is not None and (not head or head[0] != bos):
+            head = [bos] + head
+        if eos is not None and (not tail or tail[-1] != eos):
+            tail = tail + [eos]
+        out.append(_example(head + tail, len(head)))
+    return out[0], out[1]
+
+
+def tokenize_pairs(tokenizer, rows: list[dict], max_len: int, tokenization: str = "smolmac",
+                   method: str = "dpo") -> tuple[list[tuple[Example, Example]], dict]:
+    """Tokenise preference rows into (chosen, rejected) examples.
+
+    Args:
+        tokenization: "smolmac" (`encode_side`; plain strings become a user and an assistant
+            turn when the tokenizer has a chat template) or "trl" (TRL's tokens for `method`:
+            `encode_pair_trl_dpo` or `encode_pair_trl_orpo`; plain strings stay plain).
+        method: "dpo" or "orpo" (only used by "trl").
+    Identical pairs are skipped and prompts of more than max_len tokens dropped (both counted).
+    Longer sequences are cut at the end, keeping the prompt's start (counted as truncated), to
+    max_len + 1 tokens (max_len inputs) or, for "trl", to max_len tokens like TRL's max_length
+    (which also drops prompts of max_len tokens). Returns (pairs, counts).
+    """
+    if tokenization not in TOKENIZATIONS:
+        raise UserError(f"{method}.tokenization: must be one of {', '.join(TOKENIZATIONS)}, not {tokenization!r}.")
+    hf = hf_tokenizer(tokenizer)
     has_template = bool(getattr(hf, "chat_template", None))
+    trl = tokenization == "trl"
+    limit = max_len if trl else max_len + 1
     pairs, counts = [], {"identical": 0, "long_prompt": 0, "truncated": 0}
     for row in rows:
         where = row.get(WHERE, "data")
         prompt, chosen, rejected, conversational = split_row(row)
-        if not conversational and has_template:  # strings become a user turn and an assistant turn, as in SFT
+        if not trl and not conversational and has_template:  # strings become a user turn and an assistant turn, as in SFT
             prompt = [{"role": "user", "content": prompt}] if prompt else []
             chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
             conversational = True
@@ -150,21 +239,25 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_len: int) -> tuple[list[tupl
         if chosen == rejected:
             counts["identical"] += 1
             continue
-        c = encode_side(tokenizer, prompt, chosen, conversational, row.get("tools"))
-        r = encode_side(tokenizer, prompt, rejected, conversational, row.get("tools"))
+        if trl:
+            encode = encode_pair_trl_orpo if method == "orpo" else encode_pair_trl_dpo
+            c, r = encode(tokenizer, prompt, chosen, rejected, conversational, row.get("tools"))
+        else:
+            c = encode_side(tokenizer, prompt, chosen, conversational, row.get("tools"))
+            r = encode_side(tokenizer, prompt, rejected, conversational, row.get("tools"))
         if not (c.mask.any() and r.mask.any()):
             raise UserError(f"{where}: a reply renders to no tokens after the prompt; check the chat template or drop the row.")
         n_prompt = min(int(np.argmax(c.mask)), int(np.argmax(r.mask)))
-        if n_prompt > max_len:
+        if n_prompt > limit - 1:
             counts["long_prompt"] += 1
             continue
         if len(c.tokens) == len(r.tokens) and np.array_equal(c.tokens, r.tokens):
             counts["identical"] += 1
             continue
-        if max(len(c.tokens), len(r.tokens)) > max_len + 1:
+        if max(len(c.tokens), len(r.tokens)) > limit:
             counts["truncated"] += 1
-            c = Example(c.tokens[: max_len + 1], c.mask[: max_len + 1])
-            r = Example(r.tokens[: max_len + 1], r.mask[: max_len + 1])
+            c = Example(c.tokens[:limit], c.mask[:limit])
+            r = Example(r.tokens[:limit], r.mask[:limit])
         pairs.append((c, r))
     return pairs, counts
 
@@ -173,10 +266,10 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_len: int) -> tuple[list[tupl
 # Batches: chosen and rejected rows stacked on the batch axis, one forward pass per pair batch
 
 
-class PairBatches(data.Batches):
+class PairBatches(Batches):
     """Length-bucketed, resumable micro-batches of preference pairs.
 
-    Same ordering and interface as `data.Batches` (shared `stream`, `once`, `__len__`): groups of
+    Same ordering and interface as `Batches` (shared `stream`, `once`, `__len__`): groups of
     `batch_size` pairs of similar length, their order shuffled per epoch with a seed, so position
     k of the stream is the same on every run. Each micro-batch is
     (inputs (2B, L) int32, targets (2B, L) int32, completion mask (2B, L) float32,
@@ -195,7 +288,7 @@ class PairBatches(data.Batches):
 
     def make(self, group: list[int], with_ref: bool = True):
         rows = [self.pairs[i][0] for i in group] + [self.pairs[i][1] for i in group]
-        width = data.pad_to(max(len(e.tokens) for e in rows) - 1, cap=self.max_len)
+        width = pad_to(max(len(e.tokens) for e in rows) - 1, cap=self.max_len)
         inputs = np.full((len(rows), width), self.pad_id, np.int32)
         targets = np.full((len(rows), width), self.pad_id, np.int32)
         mask = np.zeros((len(rows), width), np.float32)
@@ -285,41 +378,28 @@ def cached_reference(model, batches: PairBatches, path: Path, model_id: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# The method
-
-
-def loss_for(cfg):
-    """The batch loss `(model, *arrays) -> (loss, n_pairs, metrics)` for cfg.method."""
-    if cfg.method == "dpo":
-        return partial(dpo_batch_loss, beta=cfg.dpo.beta, loss_type=cfg.dpo.loss, label_smoothing=cfg.dpo.label_smoothing)
-    return partial(orpo_batch_loss, beta=cfg.orpo.beta, nll=cfg.orpo.nll)
-
-
-def _check(cfg):
-    if cfg.method == "dpo":
-        if cfg.dpo.beta <= 0:
-            raise UserError(f"dpo.beta: must be positive, not {cfg.dpo.beta}; 0.1 is the usual value.")
-        if not 0 <= cfg.dpo.label_smoothing < 0.5:
-            raise UserError(f"dpo.label_smoothing: must be in [0, 0.5), not {cfg.dpo.label_smoothing}.")
-        if cfg.dpo.label_smoothing and cfg.dpo.loss != "sigmoid":
-            raise UserError(f"dpo.label_smoothing: applies only to dpo.loss: sigmoid, not {cfg.dpo.loss}; set it to 0.")
-    elif cfg.orpo.beta < 0:
-        raise UserError(f"orpo.beta: must not be negative, not {cfg.orpo.beta}; 0.1 is the usual value.")
+# The task (methods/dpo.py and methods/orpo.py give the loss)
 
 
 def build_pairs(tokenizer, rows: list[dict], cfg) -> tuple[PairBatches | None, dict]:
-    """Pair batches of `rows` with the recipe's batch size, length and seed (None if no pair is
-    usable), and the counts of skipped, dropped and truncated rows."""
+    """Pair batches of `rows` with the recipe's batch size, length, seed and the method's
+    tokenization (None if no pair is usable), and the counts of skipped, dropped and truncated rows."""
     t = cfg.train
-    pairs, counts = tokenize_pairs(tokenizer, rows, t.max_seq_len)
+    tokenization = getattr(getattr(cfg, cfg.method, None), "tokenization", "smolmac")  # dpo/orpo.tokenization
+    pairs, counts = tokenize_pairs(tokenizer, rows, t.max_seq_len, tokenization, cfg.method)
     if not pairs:
         return None, counts
     return PairBatches(pairs, t.batch_size, t.max_seq_len, t.seed, pad_id(tokenizer), counts["truncated"]), counts
 
 
-def build_task(cfg, model, tokenizer, run_dir) -> Task:
-    """DPO or ORPO (cfg.method) as a `train.Task`; DPO reference log-probs are cached in run_dir."""
-    _check(cfg)
+def build_pair_task(cfg, model, tokenizer, run_dir, loss_fn, reference: bool = False) -> Task:
+    """A preference method's `Task`: pair batches of the recipe's data and `loss_fn`.
+
+    Args:
+        loss_fn: `(model, inputs, targets, mask, valid[, ref_logps]) -> (loss, pairs, metrics)`.
+        reference: compute the reference log-probs (the weights with adapters taken out, or the
+            initial weights for full fine-tuning) once, cached as run_dir/ref_logps-*.npz.
+    """
     kind, rows, valid_rows = load_split_rows(cfg, cfg.method)
     if kind != "preference":
         raise UserError(f"{cfg.data.train}: method {cfg.method} needs preference rows with chosen and rejected columns (and optionally prompt), but the data is {kind}; map yours with data.columns.")
@@ -333,7 +413,7 @@ def build_task(cfg, model, tokenizer, run_dir) -> Task:
     notes = {"format": kind, "pairs_skipped_identical": counts["identical"], "pairs_dropped_long_prompt": counts["long_prompt"]}
     if valid_rows:
         notes["valid_pairs_skipped"] = valid_counts["identical"] + valid_counts["long_prompt"]
-    if cfg.method == "dpo":
+    if reference:
         model_id = json.dumps([cfg.model, cfg.train.dtype, cfg.full], sort_keys=True, default=str)
         tic, reused = time.perf_counter(), []
         for split, batches in (("train", train), ("valid", valid)):
@@ -342,157 +422,4 @@ def build_task(cfg, model, tokenizer, run_dir) -> Task:
                 reused.append(hit)
         notes["ref_logps"] = "reused" if all(reused) else "computed"
         notes["ref_logps_s"] = round(time.perf_counter() - tic, 2)
-    return Task(train, valid, loss_for(cfg), len(train.pairs), len(valid.pairs) if valid else 0, train.truncated, notes)
-
-
-def preference_accuracy(model, batches: PairBatches, loss_fn) -> float:
-    """Fraction of pairs whose chosen reply gets the higher implicit reward (held-out accuracy)."""
-    model.eval()
-    right, total = 0.0, 0.0
-    for arrays, _ in batches.once():
-        _, n, metrics = loss_fn(model, *[mx.array(a) for a in arrays])
-        right += metrics["rewards/accuracies"].item() * n.item()
-        total += n.item()
-    return right / max(total, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmark: `smolmac bench dpo`
-
-
-class _Repeat:
-    """One fixed micro-batch, forever (the `stream` interface of the loop); `times` records when
-    each step asked for its batch, so their differences are whole step times."""
-
-    def __init__(self, arrays, ntok):
-        self.arrays, self.ntok, self.times = arrays, ntok, []
-
-    def __len__(self):
-        return 1
-
-    def stream(self, start=0):
-        while True:
-            self.times.append(time.perf_counter())
-            yield self.arrays, self.ntok
-
-
-def _synthetic_pairs(vocab: int, n: int, max_len: int, seed: int) -> list[tuple[Example, Example]]:
-    """Random-token pairs filling max_len + 1 tokens: a quarter prompt, the rest completion."""
-    rng = np.random.default_rng(seed)
-    p = (max_len + 1) // 4
-    pairs = []
-    for _ in range(n):
-        prompt = rng.integers(4, vocab, p)
-        sides = [np.concatenate([prompt, rng.integers(4, vocab, max_len + 1 - p)]).astype(np.int32) for _ in range(2)]
-        mask = np.arange(max_len + 1) >= p
-        pairs.append((Example(sides[0], mask), Example(sides[1], mask.copy())))
-    return pairs
-
-
-def _time_steps(model, tcfg, arrays, ntok, loss_fn, steps: int, warmup: int) -> tuple[float, float]:
-    """Median seconds per optimizer step after `warmup` steps (compilation), and peak bytes."""
-    from smolmac.trainer import build_optimizer
-    from smolmac.trainer import train as train_loop
-
-    optimizer = build_optimizer(model, tcfg, warmup + steps + 1)
-    batches = _Repeat(arrays, ntok)
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    train_loop(model, optimizer, batches, loss_fn, total_steps=warmup + steps + 1, on_event=lambda e: None,
-               grad_clip=tcfg.grad_clip, report_every=1)
-    # median: robust to other processes taking the CPU for a moment
-    return float(np.median(np.diff(batches.times)[warmup:])), mx.get_peak_memory()
-
-
-def bench_dpo(size: str = "tiny", steps: int | None = None, batch_size: int = 8, on_message=print, *,
-              model: str | None = None, data_path: str | None = None, max_seq_len: int = 256, warmup: int = 2,
-              rounds: int = 2, full: bool = False, dtype: str = "float32", seed: int = 0) -> dict:
-    """DPO step time and peak memory against SFT on the same pairs and batch (`smolmac bench dpo`).
-
-    One micro-batch of `batch_size` pairs, (2B, L) for DPO, is trained for warmup + steps
-    optimizer steps with each loss through the same compiled loop, in one process, in `rounds`
-    rounds of rotating order; a config's time is its fastest round's median step. Baselines:
-    SFT on the same (2B, L) rows (chosen and rejected replies as SFT examples: the same tokens;
-    the targets apply to this one) and SFT on the (B, L) chosen rows alone. The one-off reference
-    pass is timed separately.
-
-    Args:
-        size: "tiny" or "135m": a random-weight model of that shape (smolmac.bench.SIZES).
-        steps: timed steps per round (default 10); `warmup` untimed ones come first.
-        batch_size: pairs per micro-batch.
-        on_message: receives the printed lines.
-        model: an mlx-lm model (Hub id or directory) instead of `size`.
-        data_path: preference data (file or Hub id); None = random-token pairs filling max_seq_len.
-        full: full fine-tuning instead of LoRA (default `lora` settings).
-    Returns:
-        dict with step seconds, peak GB, the ratios and the targets (time <= 2.2, memory <= 1.15).
-    """
-    import importlib.util
-    import tempfile
-
-    from smolmac.config import Config, DataConfig
-    from smolmac.lora import apply_lora
-    from smolmac.losses import lm_loss
-    from smolmac.models import load_model
-
-    steps = steps or 10
-    with tempfile.TemporaryDirectory() as tmp:
-        if model is None:
-            from smolmac.bench import make_fixture
-
-            model_dir = str(make_fixture(Path(tmp), size)[0])
-        else:
-            model_dir = model
-        cfg = Config(model=model_dir, method="dpo", full=full)
-        cfg.train.dtype, cfg.train.lr, cfg.train.schedule, cfg.train.max_seq_len = dtype, 1e-6, "constant", max_seq_len
-        net, tokenizer, _, _ = load_model(model_dir, dtype)
-    if full:
-        net.unfreeze()
-    else:
-        apply_lora(net, cfg.lora, seed=seed)
-    if data_path:
-        _, rows = data.prepare_rows(data.load_rows(data_path), DataConfig(), data_path)
-        pairs = tokenize_pairs(tokenizer, rows[: batch_size * 4], max_seq_len)[0][:batch_size]
-    else:
-        pairs = _synthetic_pairs(len(hf_tokenizer(tokenizer)), batch_size, max_seq_len, seed)
-    if len(pairs) < batch_size:
-        raise UserError(f"{data_path}: only {len(pairs)} usable pairs; the benchmark needs --batch-size {batch_size} of them.")
-    name = model or size
-    on_message(f"bench dpo ({name}, {'full' if full else 'LoRA r8 all-linear'}, {batch_size} pairs x {max_seq_len} tokens, {steps} steps) ...")
-    batches = PairBatches(pairs, batch_size, max_seq_len, seed, pad_id(tokenizer))
-    tic = time.perf_counter()
-    batches.ref = reference_logps(net, batches)
-    ref_s = time.perf_counter() - tic
-    (inputs, targets, mask, valid, ref), ntok = batches.make(batches.groups[0])
-    b = len(pairs)
-    runs = {
-        "sft": ((inputs, targets, mask), ntok, lm_loss),
-        "sft_chosen": ((inputs[:b], targets[:b], mask[:b]), int(valid[:b].sum()), lm_loss),
-        "dpo": ((inputs, targets, mask, valid, ref), ntok, loss_for(cfg)),
-    }
-    res = {"model": name, "mode": "full" if full else "lora", "dtype": dtype, "pairs_per_batch": b,
-           "seq_len": int(inputs.shape[1]), "steps": steps, "rounds": rounds}
-    keys = list(runs)
-    timings: dict[str, list] = {k: [] for k in keys}
-    for r in range(rounds):  # rotate the order: no config always runs first (or after another)
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            arrays, n, loss_fn = runs[key]
-            timings[key].append(_time_steps(net, cfg.train, arrays, n, loss_fn, steps, warmup))
-    on_message(f"{'loss on the batch':28} {'step s':>8} {'peak GB':>8}")
-    labels = {"sft": f"SFT, same {2 * b} rows", "sft_chosen": f"SFT, {b} chosen rows only", "dpo": f"DPO, {b} pairs"}
-    for key in keys:
-        sec, peak = min(t for t, _ in timings[key]), max(m for _, m in timings[key])
-        res[f"{key}_step_s"], res[f"{key}_peak_gb"] = round(sec, 5), round(peak / 1e9, 4)
-        on_message(f"{labels[key]:28} {sec:8.4f} {peak / 1e9:8.4f}")
-    res["time_ratio"] = round(res["dpo_step_s"] / res["sft_step_s"], 3)
-    res["memory_ratio"] = round(res["dpo_peak_gb"] / res["sft_peak_gb"], 3)
-    res["time_ratio_vs_chosen_only"] = round(res["dpo_step_s"] / res["sft_chosen_step_s"], 3)
-    res["memory_ratio_vs_chosen_only"] = round(res["dpo_peak_gb"] / res["sft_chosen_peak_gb"], 3)
-    res["ref_logps_s"] = round(ref_s, 4)
-    res["targets"] = {"time_ratio": 2.2, "memory_ratio": 1.15}
-    res["mlx_lm_lora"] = "installed, not compared" if importlib.util.find_spec("mlx_lm_lora") else "not installed"
-    on_message(f"DPO/SFT on the same rows: {res['time_ratio']:.2f}x step time (target <= 2.2), "
-               f"{res['memory_ratio']:.2f}x peak memory (target <= 1.15); vs SFT on the chosen rows only: "
-               f"{res['time_ratio_vs_chosen_only']:.2f}x, {res['memory_ratio_vs_chosen_only']:.2f}x")
-    on_message(f"reference log-probs: {ref_s:.2f} s once for {b} pairs (cached per run); mlx-lm-lora: {res['mlx_lm_lora']}")
-    return res
+    return Task(train, valid, loss_fn, len(train.pairs), len(valid.pairs) if valid else 0, train.truncated, notes)

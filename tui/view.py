@@ -1,0 +1,112 @@
+"""What the app shows of a run: `RunView` folds events into dashboard state (pure), plus the
+formatting helpers the screens share. Process control is the engine's (smolmac/launcher.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+
+from smolmac.tui.i18n import t
+
+STATUS_STYLE = {"running": "bold cyan", "starting": "cyan", "finished": "green", "stopped": "yellow", "failed": "bold red", "new": "dim"}
+
+
+def status_text(status: str) -> Text:
+    return Text(t(status), style=STATUS_STYLE.get(status, ""))
+
+
+
+@dataclass
+class RunView:
+    """What the dashboard shows, folded from events (pure; the screen only renders it)."""
+
+    total_steps: int | None = None
+    step: int = 0
+    train: list = field(default_factory=list)  # (step, loss)
+    valid: list = field(default_factory=list)  # (step, val_loss)
+    last_train: dict | None = None
+    last_eval: dict | None = None
+    start: dict | None = None
+    done: dict | None = None
+    error: str | None = None
+    samples: deque = field(default_factory=lambda: deque(maxlen=6))
+
+    def add(self, e: dict) -> str | None:
+        """Fold one event in; returns its one-line description for the event log (or None)."""
+        kind, step = e.get("type"), e.get("step", 0)
+        if kind == "start":
+            self.start, self.total_steps, self.done, self.error = e, e.get("total_steps"), None, None
+            # A resumed run re-reports from its checkpoint: drop points past it.
+            self.train = [p for p in self.train if p[0] <= step]
+            self.valid = [p for p in self.valid if p[0] <= step]
+            self.step = step
+            resumed = f" (resumed at step {e['resumed_from']})" if e.get("resumed_from") else ""
+            return f"start {e.get('method')} {e.get('model')}: {e.get('trainable_params', 0):,} trainable, {e.get('train_rows')} train / {e.get('valid_rows')} valid rows{resumed}"
+        if kind == "train":
+            self.last_train, self.step = e, step
+            self.train.append((step, e["loss"]))
+            return None
+        if kind == "eval":
+            self.last_eval = e
+            self.valid.append((step, e["val_loss"]))
+            return f"step {step}: val loss {e['val_loss']:.4f}, ppl {e.get('val_ppl', 0):.2f}"
+        if kind == "sample":
+            self.samples.append(e)
+            return None
+        if kind == "checkpoint":
+            return f"step {step}: checkpoint {Path(e.get('path', '')).name}"
+        if kind == "done":
+            self.done, self.step = e, step
+            return f"step {step}: {'stopped' if e.get('stopped') else 'finished'} → {e.get('output')}"
+        if kind == "error":
+            self.error = e.get("message")
+            return f"error: {self.error}"
+        return None
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "failed"
+        if self.done:
+            return "stopped" if self.done.get("stopped") else "finished"
+        return "running" if self.start else "starting"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_time(timestamp: float | None, now: float | None = None) -> str:
+    """Local time of an event: the year only when it is not this year."""
+    if not timestamp:
+        return "-"
+    when, today = time.localtime(timestamp), time.localtime(now)
+    return time.strftime("%m-%d %H:%M" if when.tm_year == today.tm_year else "%Y-%m-%d %H:%M", when)
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` cut in the middle with an ellipsis when longer than `width`."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def model_label(model) -> str:
+    """A short label for a recipe's model (a repo or folder name, or `new <preset>`)."""
+    if isinstance(model, dict):
+        spec = model.get("new") or {}
+        return f"new {spec.get('preset', 'nano')}" if isinstance(spec, dict) else "new"
+    if not model:
+        return "-"
+    return Path(str(model)).name  # the folder's name, or the repo name of a Hub id
