@@ -16,6 +16,7 @@ One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import threading
@@ -114,6 +115,9 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | Non
     """
     saved = run_dir / "config.yaml"
     then = f"then run the command again for {run_dir}"
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"--run-dir: {blocker} is a file, so {run_dir} cannot be a run directory; choose another --run-dir.")
     if resume:
         old = read_config(run_dir)
         if not overrides:
@@ -127,6 +131,7 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | Non
         if changes:
             storage.atomic_write_text(saved, new.to_yaml(), then)
         return new, changes
+    cfg = resolve_auto(cfg)
     if saved.is_file() and has_progress(run_dir):
         same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
         raise UserError(f"--run-dir: {run_dir} already holds {'a different' if not same else 'this'} run; pass --resume to continue it or choose another --run-dir.")
@@ -134,6 +139,38 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | Non
         run_dir.mkdir(parents=True, exist_ok=True)
     storage.atomic_write_text(saved, cfg.to_yaml(), then)
     return cfg, {}
+
+
+def resolve_auto(cfg: Config) -> Config:
+    """The recipe with `train.dtype: auto` replaced by this device's dtype (smolmac.models.
+    resolve_dtype), as it is saved in the run's config.yaml: a resume, an export or a copy of the
+    run on another machine uses the precision it was trained in."""
+    if cfg.train.dtype != "auto":
+        return cfg
+    from smolmac.models import resolve_dtype
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=resolve_dtype("auto")))
+
+
+def data_warnings(cfg: Config, task) -> list[ev.Warning]:
+    """One-line warnings about the training data as the run will see it: many rows cut by
+    train.max_seq_len, rows (or pairs) that train no token, less data than one optimizer step."""
+    t, train, out = cfg.train, task.train, []
+    rows = task.train_rows
+    if rows and task.truncated > 0.1 * rows:
+        out.append(ev.Warning(0, f"{task.truncated} of {rows} training rows ({100 * task.truncated / rows:.0f}%) are longer than train.max_seq_len={t.max_seq_len} tokens and were cut; raise train.max_seq_len or shorten the rows so the model sees their ends.", "truncated"))
+    untrained = getattr(train, "untrained", 0)
+    if untrained:
+        out.append(ev.Warning(0, f"{untrained} of {rows} training rows have no trained token within train.max_seq_len={t.max_seq_len} (their prompt fills it), so they cost time and teach nothing; raise train.max_seq_len or drop them.", "untrained_rows"))
+    dropped = (task.notes or {}).get("pairs_dropped_long_prompt", 0)
+    if dropped:
+        out.append(ev.Warning(0, f"{dropped} preference rows were dropped because their prompt alone is longer than train.max_seq_len={t.max_seq_len}, leaving no reply to train on; raise train.max_seq_len to keep them.", "untrained_rows"))
+    per_step = t.batch_size * t.grad_accum
+    n = getattr(train, "sequences", rows)
+    if n < per_step:
+        unit = {"pretrain": "sequences of train.max_seq_len tokens", "dpo": "pairs", "orpo": "pairs"}.get(cfg.method, "packed sequences" if t.packing else "rows")
+        out.append(ev.Warning(0, f"the training data has {n} {unit}, fewer than one optimizer step takes (train.batch_size x train.grad_accum = {per_step}), so every step repeats the same data; add data or lower train.batch_size.", "small_data"))
+    return out
 
 
 def materialize_model(cfg: Config, run_dir: Path) -> str:
@@ -165,6 +202,18 @@ def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
     return plan
 
 
+def _per_process(cfg: Config, size: int) -> Config:
+    """The recipe one process of a group of `size` trains: batch_size / size rows per step
+    (what its memory has to hold)."""
+    if size == 1:
+        return cfg
+    import copy
+
+    one = copy.deepcopy(cfg)
+    one.train.batch_size = max(1, cfg.train.batch_size // size)
+    return one
+
+
 def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None,
                  overrides: dict | None = None) -> Run:
     """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout.
@@ -188,12 +237,16 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
         cfg, changes = open_run_dir(cfg, run_dir, resume, overrides)
         log_path = run_dir / "events.jsonl"
         again = log_path.is_file() and log_path.stat().st_size > 0  # an earlier attempt reported
-        mirror = trackers.mirror(cfg, run_dir)  # report_to of the recipe the run uses (the saved one on resume)
+        # report_to of the recipe the run uses (the saved one on resume); in a data-parallel group
+        # only process 0 reports (the others' run dir is a scratch dir)
+        from smolmac.distributed import current
+
+        mirror = trackers.mirror(cfg, run_dir) if current().main else None
         try:
             # events.jsonl first, then the caller's callback, then the trackers (report_to)
             with ev.EventLog(log_path, trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
                 if changes:
-                    log(ev.ConfigChange(step=_last_checkpoint_step(run_dir), changes=changes))
+                    log(ev.ConfigChange(step=last_checkpoint_step(run_dir), changes=changes))
                 if not m.trains:
                     m.load().train_stage(cfg, run_dir, log)
                     return Run(run_dir, cfg, ev.current(ev.read_events(log_path)))
@@ -203,7 +256,7 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
                 mirror.close()
 
 
-def _last_checkpoint_step(run_dir: Path) -> int:
+def last_checkpoint_step(run_dir: Path) -> int:
     from smolmac.trainer import list_checkpoints
 
     ckpts = list_checkpoints(run_dir / "checkpoints")
@@ -244,11 +297,13 @@ LM_METHODS = ("sft", "pretrain", "orpo")  # losses that start near ln(vocab)
 def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = False) -> Run:
     from mlx.utils import tree_flatten
 
+    from smolmac import distributed
     from smolmac import lora as lora_mod
     from smolmac.evaluation import evaluator
     from smolmac.methods import build_task, method
     from smolmac.models import count_params, is_quantized, load_model, save_model_dir
     from smolmac.trainer import (
+        Position,
         build_optimizer,
         list_checkpoints,
         load_checkpoint,
@@ -258,6 +313,9 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
     from smolmac.trainer import train as train_loop
 
     t = cfg.train
+    group = distributed.current()  # one process, or process `rank` of a data-parallel group
+    if t.batch_size % group.size:
+        raise UserError(f"train.batch_size: {t.batch_size} rows cannot be split evenly over {group.size} processes; use a multiple of {group.size}, e.g. {group.size * max(1, round(t.batch_size / group.size))}.")
     seed_everything(t.seed)
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
@@ -276,7 +334,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
     task = build_task(cfg, model, tokenizer, run_dir)
     keep_best, early = _watches(cfg, task)
 
-    memory = _memory_plan(cfg, model_config, getattr(task.train, "longest", t.max_seq_len))
+    memory = _memory_plan(_per_process(cfg, group.size), model_config, getattr(task.train, "longest", t.max_seq_len))
     if t.grad_checkpoint or memory.get("auto_checkpoint"):
         from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -292,6 +350,12 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
         start = load_checkpoint(checkpoints[-1], model, optimizer)
     elif resume or again:  # stopped or failed before its first checkpoint: its recipe from step 0
         task.notes = {**(task.notes or {}), "resume": "no checkpoint yet: started again from step 0"}
+    if group.size > 1:  # every process starts from process 0's weights (and checkpoint), same data
+        shared = group.share_state(model, optimizer, start.state() if start else None)
+        start = Position(**shared) if shared else None
+        group.check_same(model, task.train, model_config)
+        task.notes = {**(task.notes or {}), "world_size": group.size, "hosts": group.hosts,
+                      "gradient_bytes_per_step": distributed.gradient_bytes(model)}
     trainable = lora_mod.trainable_count(model)
     # resumed_from marks the steps an earlier attempt reported past it as superseded (events.current)
     resumed_from = start.step if start else (0 if (resume or again) else None)
@@ -299,8 +363,11 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
         trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
-        resumed_from=resumed_from, extra={**(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}},
+        resumed_from=resumed_from,
+        extra={"dtype": t.dtype, **(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}},
     ))
+    for warning in data_warnings(cfg, task):
+        log(dataclasses.replace(warning, step=start.step if start else 0))
 
     def save(pos):
         return save_checkpoint(run_dir / "checkpoints", model, optimizer, pos, cfg.save.keep)
@@ -321,13 +388,15 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
     pos = train_loop(
         model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
         grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
-        evaluate=evaluator(cfg, model, tokenizer, task), eval_every=cfg.eval.every,
-        save=save, save_every=cfg.save.every, report_every=t.report_every, start=start, seed=t.seed,
-        keep_best=keep_best, save_best=save_best, early_stopping=early,
+        evaluate=evaluator(cfg, model, tokenizer, task) if group.main else None, eval_every=cfg.eval.every,
+        save=save if group.main else None, save_every=cfg.save.every, report_every=t.report_every, start=start,
+        seed=t.seed, group=group, keep_best=keep_best, save_best=save_best, early_stopping=early,
         stuck_loss=math.log(vocab) if vocab and cfg.method in LM_METHODS else None,
     )
     stopped = pos.step < total_steps and pos.early_stopped is None
     run = Run(run_dir, cfg, stopped=stopped, early_stopped=pos.early_stopped)
+    if not group.main:  # the others' weights are process 0's: it alone writes the outputs
+        return run
     if not stopped:
         path = write_weights(run_dir / ("model" if full else "adapter"))
         run.model_path, run.adapter_path = (path, None) if full else (None, path)

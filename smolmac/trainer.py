@@ -21,6 +21,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from smolmac import events as ev
+from smolmac.distributed import SINGLE
 from smolmac.errors import UserError
 
 
@@ -226,6 +227,7 @@ def train(
     save_best=None,
     early_stopping: Watch | None = None,
     stuck_loss: float | None = None,
+    group=SINGLE,
 ) -> Position:
     """Run optimizer steps until `total_steps`, `stop` is set, or early stopping ends the run.
 
@@ -243,6 +245,10 @@ def train(
         early_stopping: the eval metric that ends the run after `patience` evaluations without
             improvement (`pos.early_stopped` then says why).
         stuck_loss: ln(vocab); a warning event when the loss stays within 0.1 of it for 50 steps.
+        group: a `smolmac.distributed.Group` of N processes: each reads its shard of every
+            micro-batch, gradients and reported numbers are summed over the group (token- or
+            pair-weighted, equal to one process with the same global batch); `stop` on any
+            process stops all of them. Only process 0 should get `evaluate` and `save`.
 
     A non-finite loss stops the run at once, before any evaluation or checkpoint of that step.
     """
@@ -261,10 +267,13 @@ def train(
         return loss, weight, metrics
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def accumulate(acc, *arrays):
+    def accumulate(acc, live, *arrays):
         # Sum of weight * grad over micro-batches; divided by the total weight in `apply`, so
-        # every token (or pair) counts the same whatever micro-batch it landed in.
+        # every token (or pair) counts the same whatever micro-batch (or process) it landed in.
+        # `live` is 0 for a process whose shard of a short micro-batch is empty (it ran a
+        # stand-in row), else 1.
         (loss, weight, metrics), grads = loss_and_grad(model, *arrays)
+        weight = weight * live
         grads = tree_map(lambda g: g * weight, grads)
         if acc is not None:
             grads = tree_map(mx.add, grads, acc)
@@ -272,10 +281,14 @@ def train(
 
     @partial(mx.compile, inputs=state, outputs=state)
     def apply(acc, total_weight):
+        acc = group.sum_gradients(acc)  # all-reduce over the group; total_weight is the group's
         optimizer.update(model, clip(tree_map(lambda g: g / total_weight, acc)))
 
     model.train()
-    stream = batches.stream(pos.micro)
+    world = group.size
+    one_step = grad_accum == 1 and world == 1
+    live = (mx.array(0.0), mx.array(1.0))
+    stream = batches.stream(pos.micro, (group.rank, world)) if world > 1 else batches.stream(pos.micro)
     window_loss, window_weight, window_tokens, window_time, window_metrics = 0.0, 0.0, 0, 0.0, {}
     window_steps = 0
     stuck, warned = 0, False
@@ -286,20 +299,24 @@ def train(
         tokens = 0
         for _ in range(grad_accum):
             arrays, ntok = next(stream)
-            mx.random.seed(seed * 1_000_003 + pos.micro)
+            mx.random.seed((seed * 1_000_003 + pos.micro) * world + group.rank)
             arrays = [mx.array(a) for a in arrays]
-            if grad_accum == 1:
+            if one_step:
                 loss, weight, metrics = step(*arrays)
             else:
-                loss, weight, metrics, acc = accumulate(acc, *arrays)
+                loss, weight, metrics, acc = accumulate(acc, live[ntok > 0 or world == 1], *arrays)
             losses.append(loss * weight)
             weights.append(weight)
             metrics_list.append(metrics)
             tokens += ntok
-            pos.micro += 1
-        if grad_accum > 1:
+            pos.micro += 1  # global micro-batches: a checkpoint resumes on any number of processes
+        stopping = False
+        if world > 1:  # this process's part, then the group's numbers (one process fails: all stop)
+            stopping = group.settle((acc, losses, weights, metrics_list), stop)
+            tokens, losses, weights, metrics_list = group.pool(tokens, losses, weights, metrics_list)
+        if not one_step:
             apply(acc, sum(weights))
-        mx.eval(state, losses, weights, metrics_list)
+        (group.eval if world > 1 else mx.eval)(state, losses, weights, metrics_list)
         dt = time.perf_counter() - tic
         # The step's loss is read on the host every step anyway (no extra sync): check it here,
         # before anything of this step is evaluated or saved.
@@ -324,9 +341,11 @@ def train(
             stuck = stuck + 1 if abs(step_loss - stuck_loss) <= STUCK_BAND else 0
             if stuck >= STUCK_STEPS:
                 warned = True
-                on_event(ev.WarningEvent(step=pos.step, message=f"the loss has stayed at ln(vocab) = {stuck_loss:.2f} (±{STUCK_BAND}) for {STUCK_STEPS} steps: the model still guesses uniformly; raise train.lr or train.steps, or check that the data has trained tokens.", extra={"warning": "loss_at_uniform"}))
+                on_event(ev.Warning(step=pos.step, message=f"the loss has stayed at ln(vocab) = {stuck_loss:.2f} (±{STUCK_BAND}) for {STUCK_STEPS} steps: the model still guesses uniformly; raise train.lr or train.steps, or check that the data has trained tokens.", kind="stuck_loss"))
         done = pos.step >= total_steps
-        if pos.step % report_every == 0 or done or pos.step == 1 or (stop is not None and stop.is_set()):
+        if world == 1:  # one process: the flag as it is now (a group agreed on it in settle)
+            stopping = stop is not None and stop.is_set()
+        if pos.step % report_every == 0 or done or pos.step == 1 or stopping:
             loss_value = window_loss / max(window_weight, 1e-9)
             lr = optimizer.learning_rate if not isinstance(optimizer, optim.MultiOptimizer) else optimizer.optimizers[0].learning_rate
             per_step = pos.elapsed_s / max(pos.step - (start.step if start else 0), 1)
@@ -335,17 +354,22 @@ def train(
                 tokens_per_second=round(window_tokens / max(window_time, 1e-9), 1),
                 trained_tokens=pos.trained_tokens, peak_memory_gb=round(_memory_gb(), 4),
                 elapsed_s=round(pos.elapsed_s, 2), eta_s=round(per_step * (total_steps - pos.step), 1),
-                extra={k: round(v / window_steps, 6) for k, v in window_metrics.items()},
+                extra={**{k: round(v / window_steps, 6) for k, v in window_metrics.items()}, "world_size": world},
             ))
             window_loss, window_weight, window_tokens, window_time, window_metrics, window_steps = 0.0, 0.0, 0, 0.0, {}, 0
-        stopped = stop is not None and stop.is_set() and not done
+        if world == 1:  # (the report may have asked for it)
+            stopping = stop is not None and stop.is_set()
+        stopped = stopping and not done
 
-        if evaluate and ((eval_every and pos.step % eval_every == 0) or done):
-            evals = evaluate(pos.step)
+        if (eval_every and pos.step % eval_every == 0) or done:
+            evals = evaluate(pos.step) if evaluate else []
             for e in evals:
                 on_event(e)
-            _watch(pos, evals, keep_best, save_best, early_stopping, on_event)
+            _watch(pos, evals, keep_best, save_best, early_stopping, on_event)  # process 0 evaluates
             model.train()
+            stopped = group.agree(stopped)  # a decision taken after process 0's evaluation
+            if early_stopping is not None and group.agree(pos.early_stopped is not None) and pos.early_stopped is None:
+                pos.early_stopped = "early stopping (decided by process 0)"
         finished = done or pos.early_stopped is not None
         if save and (finished or stopped or (save_every and pos.step % save_every == 0)):
             on_event(ev.Checkpoint(step=pos.step, path=str(save(pos))))
@@ -364,6 +388,8 @@ class Task:
     """What a method gives the loop: batches, a loss, and what to report.
 
     `evaluate_extra(model) -> dict` may add method-specific eval metrics (e.g. exact match).
+    `perplexity`: the loss is a per-token cross-entropy, so exp(val loss) is a perplexity
+    (False for preference losses).
     """
 
     train: object
@@ -374,3 +400,4 @@ class Task:
     truncated: int = 0
     notes: dict | None = None
     evaluate_extra: object | None = None
+    perplexity: bool = True

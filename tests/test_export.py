@@ -393,16 +393,16 @@ def test_a_failed_export_leaves_the_earlier_one_intact(tmp_path, base, monkeypat
 
 
 def test_overwrite_of_a_single_file_replaces_only_a_gguf_file(tmp_path):
-    from smolmac.export import _check_out, exporter
+    from smolmac.export import check_out, exporter
 
     kind = exporter("gguf")
     mine = tmp_path / "notes.gguf"
     mine.write_text("my notes, not a model")
     with pytest.raises(UserError, match="notes.gguf is not a GGUF file, so --overwrite will not replace it"):
-        _check_out(mine, tmp_path / "run", True, kind)
+        check_out(mine, tmp_path / "run", True, kind)
     earlier = tmp_path / "model.gguf"
     earlier.write_bytes(b"GGUF" + bytes(60))
-    _check_out(earlier, tmp_path / "run", True, kind)  # an earlier export: may be replaced
+    check_out(earlier, tmp_path / "run", True, kind)  # an earlier export: may be replaced
 
 
 def test_peft_export_of_a_qlora_run_names_a_base_transformers_loads(tmp_path, base):

@@ -434,5 +434,5 @@ def test_a_loss_stuck_at_ln_vocab_for_50_steps_warns_once(tiny_model):
     events = []
     train(model, optim.SGD(learning_rate=0.0), Same(), lm_loss, total_steps=70, on_event=events.append,
           stuck_loss=math.log(config["vocab_size"]), report_every=100)
-    warnings = [e for e in events if isinstance(e, ev.WarningEvent)]
-    assert len(warnings) == 1 and warnings[0].step == 50 and "ln(vocab) = 5.77" in warnings[0].message
+    warnings = [e for e in events if isinstance(e, ev.Warning)]
+    assert len(warnings) == 1 and warnings[0].step == 50 and warnings[0].kind == "stuck_loss" and "ln(vocab) = 5.77" in warnings[0].message

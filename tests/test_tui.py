@@ -19,11 +19,12 @@ import pytest
 import yaml
 from conftest import hold_lock
 
+import smolmac
 from smolmac.events import EventTail
 from smolmac.launcher import Launcher, list_runs
 from smolmac.tui import i18n
 from smolmac.tui.app import SmolmacApp
-from smolmac.tui.view import RunView
+from smolmac.tui.view import RunView, group_label
 
 SIZE = (100, 32)
 T0 = 1_750_000_000.0  # fixed event times: deterministic "Started" column
@@ -82,20 +83,36 @@ class FakeLauncher:
 
 
 class FakeChat:
-    """Echo backend that records the thread of every call (they must all be the worker's)."""
+    """Echo backend (the MLXChatBackend interface) that records the thread of every call (they
+    must all be the worker's): each reply names the adapter that gave it."""
 
     def __init__(self):
         self.threads: set[int] = set()
-        self.loads: list[tuple] = []
+        self.loads: list[str] = []
+        self.attached: list[tuple] = []
 
-    def load(self, model, adapter=None):
+    def load(self, model, adapters):
         self.threads.add(threading.get_ident())
-        self.loads.append((model, adapter))
-        return ("adapter" if adapter else "base", model)
+        self.loads.append(model)
+        return {"model": model, "adapters": {}}
 
-    def stream(self, handle, messages, max_tokens=256, temp=0.0, top_p=1.0):
+    def attach(self, handle, name, path):
         self.threads.add(threading.get_ident())
-        for word in [handle[0], "says:", messages[-1]["content"], f"(turn {len(messages) // 2 + 1})"]:
+        if "broken" in path:
+            raise smolmac.UserError(f"adapter '{name}' ({path}): 'model.layers.0.self_attn.q_proj.lora_a' has shape (32, 4), the model needs (64, 4).")
+        self.attached.append((name, path))
+        handle["adapters"][name] = path
+
+    def detach(self, handle, name):
+        del handle["adapters"][name]
+
+    def inspect(self, handle):
+        return {"base_mb": 12.5, "adapters": {name: 0.25 for name in handle["adapters"]}}
+
+    def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0):
+        self.threads.add(threading.get_ident())
+        assert adapter is None or adapter in handle["adapters"]
+        for word in [adapter or "base", "says:", messages[-1]["content"], f"(turn {len(messages) // 2 + 1})"]:
             yield word + " "
 
 
@@ -364,6 +381,20 @@ async def test_a_run_trained_elsewhere_shows_running_and_resume_is_refused(tmp_p
         holder.wait()
 
 
+async def test_dashboard_shows_the_processes_and_hosts_of_a_data_parallel_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = {**start_event(total=40), "world_size": 2, "hosts": 2, "gradient_bytes_per_step": 38912}
+    fake_run(tmp_path / "runs", "group", [start, {**train_event(10, total=40), "world_size": 2}])
+    launcher = FakeLauncher()
+    launcher.alive_dirs["group"] = True
+    app = make_app(tmp_path, launcher)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "DashboardScreen" and app.screen.view.step == 10)
+        assert "2 processes on 2 hosts" in _render(app) and "1,234 tok/s" in _render(app)
+    assert group_label(start_event()) is None and group_label({"world_size": 4, "hosts": 1}) == "4 processes on 1 host"
+
+
 async def test_new_run_form_validates_previews_estimates_and_saves(tmp_path, monkeypatch, tiny_model, chat_file):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").mkdir()
@@ -450,8 +481,8 @@ async def test_chat_streams_base_and_adapter_side_by_side_on_one_worker_thread(t
             await wait_for(pilot, lambda: screen.pending == 0 and len(screen.query_one("#pane-adapter").messages) % 2 == 0)
         base, adapter = screen.query_one("#pane-base"), screen.query_one("#pane-adapter")
         assert [m["content"] for m in base.messages] == ["hello", "base says: hello (turn 1) ", "again", "base says: again (turn 2) "]
-        assert adapter.messages[-1]["content"] == "adapter says: again (turn 2) "
-        assert chat.loads == [("org/base", None), ("org/base", "runs/r1")]  # loaded once, reused
+        assert adapter.messages[-1]["content"] == "r1 says: again (turn 2) "
+        assert chat.loads == ["org/base"] and chat.attached == [("r1", "runs/r1")]  # the base loaded once, reused
         assert len(chat.threads) == 1 and threading.get_ident() not in chat.threads
         screen.query_one("#chat-temp").value = "hot"
         screen.query_one("#chat-prompt").value = "x"

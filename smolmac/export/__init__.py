@@ -55,10 +55,10 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if (p.is_file() or p.is_symlink()) and p.name not in IGNORED)
 
 
-def _check_out(out: Path, src_path: Path, overwrite: bool, kind: Exporter):
+def check_out(out: Path, src_path: Path, overwrite: bool, kind: Exporter):
     """Refuse an output that would delete anything the user owns: `--overwrite` replaces only an
     earlier export (a folder whose smolmac.json lists every file in it, or a GGUF file), never a
-    folder that is or holds the run, the working directory or the home directory."""
+    folder that is or holds `src_path` (the run), the working directory or the home directory."""
     if kind.suffix is not None:  # one file
         if out.suffix.lower() != kind.suffix:
             raise UserError(f"--to: --format {kind.name} writes one file; give a path ending in {kind.suffix}, such as {out.parent / (out.stem + kind.suffix)}.")
@@ -149,9 +149,6 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
             dequantised base into `out/base` and point the adapter at it.
         pick: "last" (the run's last weights) or "best" (adapter-best/ or model-best/ of save.best).
     """
-    from smolmac import storage
-    from smolmac.export.card import card_info, model_card
-    from smolmac.export.sizes import human_size, on_disk
     from smolmac.export.sources import open_source
 
     say = on_message or (lambda _m: None)
@@ -164,10 +161,40 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
     writer = kind.writer()
     if hasattr(writer, "check"):  # cheap checks of the options before any weights are read
         writer.check(kind, dtype, **options)
-    _check_out(out, Path(run_dir), overwrite, kind)
+    check_out(out, Path(run_dir), overwrite, kind)
     src = open_source(run_dir, say, pick=pick)
     if src.adapter is None and kind.adapter:
         raise UserError(f"--format {fmt}: {run_dir} is a full fine-tune with no adapter to export; use --format hf for a transformers model directory (mlx-lm loads it too) or --format gguf for llama.cpp.")
+    return write_export(src, fmt, out, dtype, overwrite, say, quantize=quantize, group_size=group_size, with_base=with_base)
+
+
+def write_export(src, fmt: str, out, dtype: str | None = None, overwrite: bool = False, on_message=None,
+                 info: dict | None = None, quantize: str | None = None, group_size: int | None = None,
+                 with_base: bool = False) -> Path:
+    """Write a `Source` (see sources.py) in format `fmt` at `out`, with smolmac.json and the model
+    card, under a temporary name swapped into place by rename (a failure leaves nothing at `out`,
+    or the earlier export there intact). What `export_run` does once it found the source;
+    `smolmac adapters combine` and `smolmac.export(loaded_model)` write the adapters they made
+    through it.
+
+    Args:
+        src: what to write (an adapter, a model dir or full weights).
+        fmt, out, dtype, overwrite, on_message, quantize, group_size, with_base: as in `export_run`.
+        info: extra smolmac.json entries (e.g. how a combined adapter was made).
+    """
+    from smolmac import storage
+    from smolmac.export.card import card_info, model_card
+    from smolmac.export.sizes import human_size, on_disk
+
+    say = on_message or (lambda _m: None)
+    kind = exporter(fmt)
+    dtype = kind.dtype(dtype)
+    out = Path(out)
+    options = _options(kind, out, quantize, group_size, with_base)
+    writer = kind.writer()
+    if hasattr(writer, "check"):
+        writer.check(kind, dtype, **options)
+    check_out(out, src.path, overwrite, kind)
     storage.remove_leftovers(out.parent, prefix=f".{out.name}.", only_dead=True)
     tmp = storage.tmp_name(out)
     try:
@@ -176,7 +203,7 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
             tmp.mkdir()
         writer.write(src, tmp, dtype, say, **options)
         if kind.suffix is None:
-            info = {**card_info(src, fmt, options.get("quantize") or dtype), "name": out.name}
+            info = {**card_info(src, fmt, options.get("quantize") or dtype), "name": out.name, **(info or {})}
             (tmp / "README.md").write_text(model_card(info))
             info.update(written_by="smolmac export", files=sorted({*_files(tmp), MARKER}))
             (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
@@ -186,7 +213,7 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
     except (OSError, RuntimeError) as e:
         if not storage.is_write_failure(e):
             raise
-        raise storage.write_error(out, e, _need(run_dir, fmt, dtype, options), "then export again") from None
+        raise storage.write_error(out, e, _need(src.path, fmt, dtype, options), "then export again") from None
     finally:
         _remove(tmp)
     say(f"{out}: {human_size(on_disk(out))} written.")

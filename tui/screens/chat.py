@@ -1,8 +1,10 @@
-"""Chat with a base model, a run's adapter, or both side by side on the same prompt.
+"""Chat with a base model and any number of adapters side by side on the same prompt: one column
+for the base and one per adapter (runs, mlx-lm or PEFT adapter dirs, `NAME=DIR` to name them).
 
-Generation runs in ONE long-lived thread worker (`generator`): it loads the models and streams
-replies on its own thread, so every MLX array it makes is created and used there; the UI sends
-it jobs through a queue and it answers with ChatPiece/ChatFinished messages.
+The base model is loaded once and the adapters are attached to it by name (switched per reply,
+no weights reloaded). Generation runs in ONE long-lived thread worker (`generator`): it loads the
+model and streams replies on its own thread, so every MLX array it makes is created and used
+there; the UI sends it jobs through a queue and it answers with ChatPiece/ChatFinished messages.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from smolmac.errors import UserError
 from smolmac.tui.i18n import t
 from smolmac.tui.messages import ChatFinished, ChatPiece, ChatStatus
 
@@ -28,11 +31,25 @@ MODES = ("base", "adapter", "both")
 
 @dataclass
 class Job:
-    targets: list  # [(side, model, adapter)]
+    model: str  # the base model ("" = the base the first adapter records)
+    adapters: dict  # name -> run or adapter dir: the adapter columns
+    targets: list  # [(side, adapter name or None for the base)]
     messages: dict  # side -> message list
     max_tokens: int
     temp: float
     top_p: float
+
+
+def adapter_columns(text: str) -> list[tuple[str, str, str]]:
+    """The adapter columns of the adapters field ("runs/a, style=runs/b"): [(side, name, path)].
+
+    Sides are the pane ids: "adapter" for the first column, then "adapter-2", ...
+    """
+    from smolmac.adapters import parse_adapter_specs
+
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    specs = parse_adapter_specs(items, t("adapters"))
+    return [("adapter" if i == 0 else f"adapter-{i + 1}", name, path) for i, (name, path) in enumerate(specs.items())]
 
 
 class Transcript(VerticalScroll):
@@ -78,7 +95,8 @@ class Transcript(VerticalScroll):
 
 
 class ChatScreen(Screen):
-    """Prompt at the bottom, one or two transcripts above, sampling settings at the top."""
+    """Prompt at the bottom, one transcript per column (the base, each adapter) above, model,
+    adapters and sampling settings at the top."""
 
     BINDINGS = [
         Binding("escape", "back", t("Back")),
@@ -88,19 +106,22 @@ class ChatScreen(Screen):
     ]
 
     def __init__(self, model: str | None = None, run_dir: str | None = None):
+        """Args: model: the base model; run_dir: one run or adapter dir, or several comma-separated
+        (each optionally NAME=DIR), one column each."""
         super().__init__()
         self.model, self.run_dir = model, run_dir
         self.jobs: queue.Queue = queue.Queue()
         self.cancel = threading.Event()
         self.pending = 0
+        self.columns: list[tuple[str, str, str]] = []  # (side, adapter name, path), shown now
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="chat-settings"):
             yield Label(t("model"))
             yield Input(self.model or "", id="chat-model", compact=True, placeholder=t("Hub id or folder"))
-            yield Label(t("run"))
-            yield Input(self.run_dir or "", id="chat-run", compact=True, placeholder=t("run dir (optional)"))
+            yield Label(t("adapters"))
+            yield Input(self.run_dir or "", id="chat-run", compact=True, placeholder=t("run dirs or NAME=DIR, comma-separated (optional)"))
         with Horizontal(id="chat-sampling"):
             yield Label(t("mode"))
             mode = "both" if self.run_dir and self.model else ("adapter" if self.run_dir else "base")
@@ -113,7 +134,11 @@ class ChatScreen(Screen):
             yield Input("256", id="chat-max", compact=True)
         with Horizontal(id="chat-panes"):
             yield Transcript("base", t("base model"), id="pane-base")
-            yield Transcript("adapter", t("with the run's adapter"), id="pane-adapter")
+            try:
+                self.columns = adapter_columns(self.run_dir or "")
+            except UserError:  # a bad field shows its error when a message is sent
+                self.columns = []
+            yield from self._adapter_panes()
         yield Static(id="chat-status", classes="hint")
         yield Input(id="chat-prompt", placeholder=t("Type a message and press Enter"))
         yield Footer(compact=True)
@@ -130,10 +155,33 @@ class ChatScreen(Screen):
     def mode(self) -> str:
         return self.query_one("#chat-mode", Select).value
 
+    def _title(self, name: str) -> str:
+        single = len(self.columns) == 1 and "=" not in (self.run_dir or "")
+        return t("with the run's adapter") if single else t("adapter {name}", name=name)
+
+    def _adapter_panes(self) -> list[Transcript]:
+        return [Transcript(side, self._title(name), id=f"pane-{side}") for side, name, _ in self.columns]
+
+    async def _sync_columns(self, columns: list) -> None:
+        """One pane per adapter of the field: a column whose adapter is unchanged keeps its
+        conversation, a changed one starts afresh, extra ones go."""
+        old, self.columns = self.columns, columns
+        panes = self.query_one("#chat-panes")
+        for i, (side, name, path) in enumerate(columns):
+            if i < len(old) and old[i] == (side, name, path):
+                self.query_one(f"#pane-{side}", Transcript).border_title = self._title(name)
+                continue
+            if i < len(old):
+                await self.query_one(f"#pane-{side}").remove()
+            await panes.mount(Transcript(side, self._title(name), id=f"pane-{side}"), after=i)
+        for side, _, _ in old[len(columns):]:
+            await self.query_one(f"#pane-{side}").remove()
+        self._show_panes()
+
     def _show_panes(self) -> None:
         mode = self.mode()
-        self.query_one("#pane-base").display = mode in ("base", "both")
-        self.query_one("#pane-adapter").display = mode in ("adapter", "both")
+        for pane in self.query(Transcript):
+            pane.display = mode in ("base", "both") if pane.side == "base" else mode in ("adapter", "both")
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "chat-mode":
@@ -151,7 +199,7 @@ class ChatScreen(Screen):
             raise ValueError(t("{name} must be a number between {low} and {high}, not {value!r}.", name=widget_id.removeprefix("#chat-"), low=low, high=high, value=text))
         return value
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "chat-prompt" or not event.value.strip():
             return
         if self.pending:
@@ -165,38 +213,45 @@ class ChatScreen(Screen):
             self.app.show_error(str(e))
             return
         model = self.query_one("#chat-model", Input).value.strip()
-        run = self.query_one("#chat-run", Input).value.strip() or None
+        self.run_dir = self.query_one("#chat-run", Input).value.strip()
+        try:
+            columns = adapter_columns(self.run_dir)
+        except UserError as e:
+            self.app.show_error(str(e))
+            return
         mode = self.mode()
-        if mode != "base" and not run:
+        if mode != "base" and not columns:
             self.app.show_error(t("chat: the adapter side needs a run dir (a finished run, or one with an adapter/ folder)."))
             return
         if mode != "adapter" and not model:
             self.app.show_error(t("chat: the base side needs a model (a Hub id or a folder)."))
             return
-        targets = []
-        if mode in ("base", "both"):
-            targets.append(("base", model, None))
+        await self._sync_columns(columns)
+        targets = [("base", None)] if mode in ("base", "both") else []
         if mode in ("adapter", "both"):
-            targets.append(("adapter", model, run))
+            targets += [(side, name) for side, name, _ in columns]
         text = event.value.strip()
         event.input.value = ""
         messages = {}
-        for side, _, _ in targets:
+        for side, _ in targets:
             pane = self.query_one(f"#pane-{side}", Transcript)
             pane.add_user(text)
             messages[side] = list(pane.messages)
         self.cancel.clear()
         self.pending = len(targets)
-        self.jobs.put(Job(targets, messages, max_tokens, temp, top_p))
+        self.jobs.put(Job(model, {name: path for _, name, path in columns}, targets, messages, max_tokens, temp, top_p))
 
     # -- the worker -------------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="chat", exit_on_error=False)
     def generator(self) -> None:
-        """Loads models and streams replies for queued jobs, all on this one thread."""
+        """Loads the base once, attaches the columns' adapters and streams replies for queued
+        jobs, all on this one thread."""
+        from smolmac.tui.dialogs.error import describe_error
+
         worker = get_current_worker()
         backend = self.app.chat_backend
-        loaded: dict = {}
+        handle, base, attached = None, None, {}  # attached: name -> path
         while not worker.is_cancelled:
             try:
                 job = self.jobs.get(timeout=0.2)
@@ -204,24 +259,42 @@ class ChatScreen(Screen):
                 continue
             if job is None:
                 return
-            wanted = {(model, adapter) for _, model, adapter in job.targets}
-            for key in [k for k in loaded if k not in wanted]:  # keep at most the models in use
-                del loaded[key]
-            for side, model, adapter in job.targets:
+            failed: dict = {}  # side or adapter name -> error shown in that column
+            try:
+                if handle is None or base != job.model:
+                    handle, attached = None, {}  # let the old model go before loading the next
+                    self.post_message(ChatStatus(t("loading {what}…", what=job.model or next(iter(job.adapters.values()), ""))))
+                    handle, base = backend.load(job.model, job.adapters), job.model
+                for name in [n for n in attached if job.adapters.get(n) != attached[n]]:
+                    backend.detach(handle, name)
+                    del attached[name]
+                for name, path in job.adapters.items():
+                    if name not in attached:
+                        self.post_message(ChatStatus(t("loading {what}…", what=path)))
+                        try:
+                            backend.attach(handle, name, path)
+                            attached[name] = path
+                        except Exception as e:  # only this adapter's column fails
+                            failed[name] = describe_error(e)
+                info = backend.inspect(handle)
+                sizes = "".join(f" · {n} {mb:.2f} MB" for n, mb in info["adapters"].items())
+                self.post_message(ChatStatus(t("base {mb} MB", mb=f"{info['base_mb']:.2f}") + sizes))
+            except Exception as e:  # the base did not load: every column says why
+                handle = None
+                self.post_message(ChatStatus(""))
+                for side, _ in job.targets:
+                    self.post_message(ChatFinished(side, describe_error(e)))
+                continue
+            for side, name in job.targets:
+                if name in failed:
+                    self.post_message(ChatFinished(side, failed[name]))
+                    continue
                 try:
-                    key = (model, adapter)
-                    if key not in loaded:
-                        self.post_message(ChatStatus(t("loading {what}…", what=adapter or model)))
-                        loaded[key] = backend.load(model, adapter)
-                        self.post_message(ChatStatus(""))
-                    for piece in backend.stream(loaded[key], job.messages[side], max_tokens=job.max_tokens, temp=job.temp, top_p=job.top_p):
+                    for piece in backend.stream(handle, job.messages[side], adapter=name, max_tokens=job.max_tokens, temp=job.temp, top_p=job.top_p):
                         if self.cancel.is_set() or worker.is_cancelled:
                             break
                         self.post_message(ChatPiece(side, piece))
                 except Exception as e:  # shown in the transcript; the worker keeps serving
-                    from smolmac.tui.dialogs.error import describe_error
-
-                    self.post_message(ChatStatus(""))
                     self.post_message(ChatFinished(side, describe_error(e)))
                     continue
                 self.post_message(ChatFinished(side))
