@@ -14,7 +14,8 @@ _blas.load()
 
 from smolmac._version import __version__  # noqa: E402, F401
 
-__all__ = ["train", "load_recipe", "Run", "UserError"]
+__all__ = ["train", "load_recipe", "Run", "UserError", "list_recipes", "inspect"]
+_WORKSHOP = ("list_recipes", "inspect")  # smolmac.api; not `recipes`, the package of shipped recipes
 
 
 def __getattr__(name):
@@ -31,6 +32,10 @@ def __getattr__(name):
         from smolmac.config import load_recipe
 
         return load_recipe
+    if name in _WORKSHOP:
+        from smolmac import api
+
+        return getattr(api, name)
     if name == "UserError":
         from smolmac.errors import UserError
 

@@ -313,11 +313,67 @@ def nest(dotted: dict) -> dict:
     return out
 
 
+def shipped_recipes_dir() -> Path | None:
+    """The recipes installed with smolmac (package data `smolmac.recipes`, the repo's recipes/)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("smolmac.recipes")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return None
+
+
+def _about(path: Path) -> str:
+    """A recipe's one-line description: its first comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def list_recipes(user_dir: str | Path = "recipes") -> list[dict]:
+    """Recipes addressable by name: the user's own (`user_dir/*.yaml`) first, then the shipped ones.
+
+    Each is `{name, path, about, pipeline, shipped}`; a user's recipe hides a shipped one of the
+    same name (what `find_recipe` resolves too).
+    """
+    out, seen, names = [], set(), set()
+    for folder, shipped in ((Path(user_dir), False), (shipped_recipes_dir(), True)):
+        if folder is None or not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")):
+            if path.resolve() in seen or path.stem in names:
+                continue
+            seen.add(path.resolve())
+            names.add(path.stem)
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError:
+                data = None  # listed anyway: loading it names the line that is wrong
+            out.append({"name": path.stem, "path": str(path), "about": _about(path), "shipped": shipped,
+                        "pipeline": isinstance(data, dict) and bool(data.get("stages"))})
+    return out
+
+
+def find_recipe(spec: str | Path, user_dir: str | Path = "recipes") -> Path:
+    """A recipe file from a path, or from a name: `user_dir/NAME.yaml`, else the shipped NAME.yaml."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix in ("", ".yaml", ".yml"):
+        for r in list_recipes(user_dir):
+            if r["name"] == path.stem:
+                return Path(r["path"])
+    names = ", ".join(r["name"] for r in list_recipes(user_dir))
+    raise UserError(f"{spec}: recipe file not found; pass the path of a YAML recipe or the name of one ({names}); `smolmac recipes` lists them.")
+
+
 def read_recipe(path: str | Path) -> tuple[dict, dict]:
-    """Read a recipe file: (mapping, {dotted key: line})."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: recipe file not found; pass the path of a YAML recipe such as recipes/quickstart.yaml.")
+    """Read a recipe file (a path, or the name of a recipe: see `find_recipe`): (mapping, {dotted key: line})."""
+    path = find_recipe(path)
     return _load_yaml_with_lines(path.read_text(encoding="utf-8"), str(path))
 
 
