@@ -178,6 +178,10 @@ def _load_yaml_with_lines(text: str, source: str) -> tuple[dict, dict]:
                 key = f"{prefix}{k.value}"
                 lines[key] = k.start_mark.line + 1
                 walk(v, key + ".")
+        elif isinstance(n, yaml.SequenceNode):  # list items as key.0, key.1 (pipeline stages)
+            for j, item in enumerate(n.value):
+                lines[f"{prefix}{j}"] = item.start_mark.line + 1
+                walk(item, f"{prefix}{j}.")
 
     if node is not None:
         walk(node, "")
@@ -284,7 +288,24 @@ def apply_mapping(cfg: Config, data: dict, source: str = "<recipe>", lines: dict
             if key not in TOP_LEVEL:
                 raise UserError(f"{where(key)}: unknown key '{key}'{did_you_mean(key, TOP_LEVEL | set(SECTIONS))}; see `smolmac train --help-keys` for every key.")
             _set_field(cfg, key, value, where(key), key)
+            if key == "stages":
+                for i, stage in enumerate(value, 1):
+                    check_stage(stage, i, source, lines)
     return cfg
+
+
+def check_stage(stage, index: int, source: str = "<recipe>", lines: dict | None = None) -> None:
+    """Check one pipeline stage's keys (a partial recipe) as the recipe's own keys are checked;
+    errors name the file and line of the stage, or `stages[i]`."""
+    lines = lines or {}
+    prefix = f"stages.{index - 1}"
+    where = f"{source}:{lines[prefix]}" if prefix in lines else source
+    if not isinstance(stage, dict) or "method" not in stage:
+        raise UserError(f"{where}: stages[{index}]: each stage must be a mapping with at least 'method', e.g. {{method: sft, train: {{steps: 100}}}}.")
+    if "stages" in stage:
+        raise UserError(f"{where}: stages[{index}]: a stage cannot have its own 'stages'.")
+    stage_lines = {k[len(prefix) + 1:]: v for k, v in lines.items() if k.startswith(prefix + ".")}
+    apply_mapping(Config(), stage, source if stage_lines else f"{source}: stages[{index}]", stage_lines)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -426,6 +447,25 @@ def validate(cfg: Config, source: str = "recipe"):
         raise UserError(f"{source}: 'lora.targets' must be 'all-linear' or a list such as [q_proj, v_proj], not {cfg.lora.targets!r}.")
     if isinstance(cfg.data.valid, float) and not 0 < cfg.data.valid < 1:
         raise UserError(f"{source}: 'data.valid' as a fraction must be between 0 and 1, not {cfg.data.valid}.")
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1} (lists and `model: {new: ...}` stay whole values)."""
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key in SECTIONS and not prefix:
+            out.update(flatten(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def recipe_diff(recipes: list[dict]) -> list[tuple[str, list]]:
+    """The keys whose values differ between recipes (e.g. runs' config.yaml), each with one value
+    per recipe (None where a recipe lacks the key), in recipe key order."""
+    flat = [flatten(r or {}) for r in recipes]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    return [(k, [f.get(k) for f in flat]) for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
 
 def field_help(section: str | None = None) -> list[tuple[str, str, Any, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.text import Text
 from textual import work
@@ -255,3 +256,20 @@ class ChatScreen(Screen):
         self.cancel.set()
         self.app.pop_screen()
 
+
+
+def open_chat(app, run_dir: str | Path | None, stage: str | None = None) -> None:
+    """Open the chat on a run (its base and its trained model) or a pipeline stage."""
+    from smolmac.pipeline import run_models
+
+    if run_dir is None:
+        app.push_screen(ChatScreen())
+        return
+    refs = [r for r in run_models(run_dir) if stage is None or r.stage == stage] if Path(run_dir).is_dir() else []
+    trained = next((r for r in reversed(refs) if r.kind == "trained"), None)
+    base = refs[0].model if refs else None
+    if trained is None:
+        app.push_screen(ChatScreen(model=base))
+        return
+    where = Path(run_dir) / stage if stage else Path(run_dir)
+    app.push_screen(ChatScreen(model=trained.model if trained.adapter else base, run_dir=str(where)))
