@@ -234,7 +234,7 @@ class NewRunScreen(Screen):
         widget = event.widget
         key = getattr(widget, "field_key", None) or getattr(widget.parent, "field_key", None)
         if widget.id == "recipe":
-            self.query_one("#help", Static).update(Text.assemble((t("recipe"), "bold"), ": ", t("start from a recipe in {folder} or from scratch; Ctrl+T switches tabs.", folder=str(self.app.recipes_dir))))
+            self.query_one("#help", Static).update(Text.assemble((t("recipe"), "bold"), ": ", t("start from one of your recipes ({folder}), one shipped with smolmac, or from scratch; Ctrl+T switches tabs.", folder=str(self.app.recipes_dir))))
         elif key:
             spec = SPECS[key]
             default = "" if spec.default is None else f"  ({t('default')}: {spec.default!r})"
