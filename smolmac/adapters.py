@@ -14,17 +14,18 @@ DoRA's `lora_magnitude_vector` is mlx-lm's `m` unchanged (both compute
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
-from smolmac.errors import UserError
+from smolmac.errors import UserError, did_you_mean
 
 PEFT_PREFIX = "base_model.model."
 # mlx-lm leaf -> PEFT suffix
@@ -41,7 +42,7 @@ class Adapter:
     (e.g. `model.layers.3.self_attn.q_proj`).
     """
 
-    weights: dict
+    weights: dict = field(repr=False)
     rank: int
     alpha: float
     scale: float
@@ -190,17 +191,55 @@ def read_peft_adapter(adapter_dir: str | Path) -> Adapter:
 # Applying to an mlx-lm model
 
 
-def apply_adapter(model: nn.Module, ad: Adapter, source: str = "adapter") -> nn.Module:
-    """Freeze `model` and wrap the adapted linears in mlx-lm LoRA/DoRA layers holding the weights."""
+def base_layer(module):
+    """The wrapped base layer of an mlx-lm LoRA/DoRA layer, or None for other modules."""
+    from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
+    from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
+
+    if isinstance(module, (LoRALinear, DoRALinear, LoRASwitchLinear)):
+        return module.linear
+    if isinstance(module, (LoRAEmbedding, DoRAEmbedding)):
+        return module.embedding
+    return None
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Swap every LoRA/DoRA layer for the base layer it wraps, then swap back.
+
+    Exact (the base layer's own forward runs, not `W x + 0 * B A x`) and copies nothing: the
+    base layer's weights are the same arrays. A model without adapters is left as is.
+    """
+    adapted = [(name, m) for name, m in model.named_modules() if base_layer(m) is not None]
+    if adapted:
+        model.update_modules(tree_unflatten([(name, base_layer(m)) for name, m in adapted]))
+    try:
+        yield model
+    finally:
+        if adapted:
+            model.update_modules(tree_unflatten(adapted))
+
+
+def adapter_layers(model: nn.Module, ad: Adapter, source: str = "adapter") -> list[tuple[str, nn.Module]]:
+    """mlx-lm LoRA/DoRA layers holding `ad`'s weights around `model`'s own linear layers (the
+    same arrays: nothing of the base is copied), as (module path, layer) pairs not yet attached.
+
+    Raises UserError naming `source` and the module when the adapter does not fit the model.
+    """
     from mlx_lm.tuner.dora import DoRALinear
     from mlx_lm.tuner.lora import LoRALinear
 
-    model.freeze()
+    from smolmac.models import blocks
+
+    n = len(blocks(model))
+    if ad.n_blocks and ad.n_blocks != n:  # same shapes, another depth: it would fit, wrongly
+        raise UserError(f"{source}: the adapter was trained on a base model with {ad.n_blocks} blocks and this one has {n}; load it on the base model it was trained on ({ad.base}).")
     modules = dict(model.named_modules())
     cls = DoRALinear if ad.dora else LoRALinear
     new = []
     for name in ad.modules():
         base = modules.get(name)
+        base = base_layer(base) or base  # an adapter already attached there: wrap its base layer
         if not isinstance(base, (nn.Linear, nn.QuantizedLinear)):
             raise UserError(f"{source}: the adapter targets '{name}', which is not a linear layer of this model; load it on the base model it was trained on ({ad.base}).")
         layer = cls.from_base(base, r=ad.rank, dropout=ad.dropout, scale=ad.scale)
@@ -210,8 +249,15 @@ def apply_adapter(model: nn.Module, ad: Adapter, source: str = "adapter") -> nn.
                 got = None if value is None else tuple(value.shape)
                 raise UserError(f"{source}: '{name}.{leaf}' has shape {got}, the model needs {tuple(getattr(layer, leaf).shape)}; load the adapter on the base model it was trained on ({ad.base}).")
             setattr(layer, leaf, value)
+        layer.train(model.training)
         new.append((name, layer))
-    model.update_modules(tree_unflatten(new))
+    return new
+
+
+def apply_adapter(model: nn.Module, ad: Adapter, source: str = "adapter") -> nn.Module:
+    """Freeze `model` and wrap the adapted linears in mlx-lm LoRA/DoRA layers holding the weights."""
+    model.freeze()
+    model.update_modules(tree_unflatten(adapter_layers(model, ad, source)))
     mx.eval(model.parameters())
     return model
 
@@ -229,6 +275,8 @@ def read_adapter(path: str | Path) -> Adapter:
     path = adapter_dir(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such adapter directory; point at a run dir, an mlx-lm adapter folder or a PEFT adapter folder.")
+    if (path / "model" / "config.json").is_file():
+        raise UserError(f"{path}: this run is a full fine-tune (its model/ folder), not an adapter; load {path / 'model'} as the model instead.")
     if (path / "adapter_model.safetensors").is_file():
         return read_peft_adapter(path)
     if (path / "adapters.safetensors").is_file() and (path / "adapter_config.json").is_file():
@@ -273,3 +321,134 @@ def fuse(model: nn.Module) -> nn.Module:
     if is_quantized(model):  # the layers no adapter touched (embeddings, other linears)
         dequantize_model(model)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Several adapters on one base
+
+
+def nbytes(arrays) -> int:
+    return sum(v.nbytes for v in arrays)
+
+
+def adapter_name(path: str | Path) -> str:
+    """A default name for an adapter given by path: its run dir's name (not `adapter`)."""
+    path = Path(path)
+    return path.parent.name if path.name == "adapter" and path.parent.name else path.name
+
+
+def parse_adapter_specs(specs, what: str = "--adapter") -> dict[str, str]:
+    """`NAME=DIR` or `DIR` strings as {name: dir}; a plain DIR is named after its run dir.
+
+    Raises UserError for an empty or reserved name ('none' means the base) and for a name used twice.
+    """
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = str(spec).partition("=")
+        if not sep or "/" in name or "\\" in name:  # a plain path (which may itself contain '=')
+            stem, path, i = adapter_name(spec), str(spec), 2
+            name = stem
+            while name in out:  # two plain dirs with one name (runs/a/adapter, b/a): number them
+                name, i = f"{stem}-{i}", i + 1
+        name, path = name.strip(), path.strip()
+        if not name or not path:
+            raise UserError(f"{what}: '{spec}' needs a name and a directory, e.g. math=runs/math.")
+        if name.lower() == "none":
+            raise UserError(f"{what}: 'none' is reserved for the base model; give the adapter another name.")
+        if name in out:
+            raise UserError(f"{what}: the name '{name}' is used twice; give each adapter its own name (NAME=DIR).")
+        out[name] = path
+    return out
+
+
+class AdapterSet:
+    """Several named adapters over one loaded base model; at most one is active at a time.
+
+    Each adapter is a set of mlx-lm LoRA/DoRA layers wrapping the base model's own linear layers
+    (the same arrays: only the adapter's tensors take memory). `use(name)` swaps that adapter's
+    layers into the model; `use(None)` swaps the base layers back, so the base's own forward runs
+    (bit-exact, as in `adapters_disabled`). Adapters with different targets, ranks, layers, with
+    or without DoRA coexist: each one only touches the modules it adapts.
+
+        bank = AdapterSet(model)
+        bank.add("math", "runs/math"); bank.add("style", "out/style-peft")
+        bank.use("math"); model(x)     # base + math
+        bank.use(None); model(x)       # the base, exactly
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.adapters: dict[str, Adapter] = {}
+        self.sources: dict[str, str] = {}
+        self.active: str | None = None
+        self._layers: dict[str, list] = {}  # name -> [(module path, LoRA/DoRA layer)]
+        self._base: dict[str, nn.Module] = {}  # module path -> the base layer there
+        model.freeze()
+
+    def add(self, name: str, adapter: str | Path | Adapter, source: str | None = None) -> Adapter:
+        """Attach an adapter (run dir, mlx-lm or PEFT adapter dir, or an Adapter) under `name`
+        without making it active.
+
+        Raises UserError when the name is taken or the adapter was trained on another base.
+        """
+        from smolmac.models import blocks
+
+        if not name or name.lower() == "none":
+            raise UserError(f"adapter name '{name}': give a non-empty name other than 'none' (which means the base model).")
+        if name in self.adapters:
+            raise UserError(f"adapter '{name}' is already loaded; remove it first or choose another name.")
+        source = source or (str(adapter) if not isinstance(adapter, Adapter) else name)
+        ad = adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
+        ad.n_blocks = ad.n_blocks or len(blocks(self.model))
+        with self.using(None):  # build on the base layers, whichever adapter is active
+            layers = adapter_layers(self.model, ad, f"adapter '{name}' ({source})")
+            modules = dict(self.model.named_modules())
+            for module, _ in layers:
+                self._base.setdefault(module, modules[module])
+        mx.eval([layer.parameters() for _, layer in layers])
+        self.adapters[name], self.sources[name], self._layers[name] = ad, source, layers
+        return ad
+
+    def remove(self, name: str) -> None:
+        """Detach adapter `name` (the base is active afterwards if it was the active one)."""
+        self._check(name)
+        if self.active == name:
+            self.use(None)
+        del self.adapters[name], self.sources[name], self._layers[name]
+
+    def _check(self, name):
+        if name is not None and name not in self.adapters:
+            choices = ", ".join(self.adapters) or "none loaded"
+            raise UserError(f"adapter '{name}' is not loaded{did_you_mean(str(name), self.adapters)}; choose one of: {choices} (or None for the base).")
+
+    def use(self, name: str | None) -> None:
+        """Make adapter `name` active, or the base model with None; no weights are reloaded."""
+        self._check(name)
+        if name == self.active:
+            return
+        if self.active is not None:
+            self.model.update_modules(tree_unflatten([(m, self._base[m]) for m, _ in self._layers[self.active]]))
+        if name is not None:
+            self.model.update_modules(tree_unflatten(self._layers[name]))
+        self.active = name
+
+    @contextlib.contextmanager
+    def using(self, name: str | None):
+        """Make `name` active inside a `with` block, then restore the previous one."""
+        previous = self.active
+        self.use(name)
+        try:
+            yield self.model
+        finally:
+            self.use(previous)
+
+    def memory(self) -> dict:
+        """Parameters and bytes of the base model and of each adapter."""
+        from mlx.utils import tree_flatten
+
+        with self.using(None):
+            base = [v for _, v in tree_flatten(self.model.parameters())]
+        out = {"base": {"params": sum(v.size for v in base), "bytes": nbytes(base)}, "adapters": {}}
+        for name, ad in self.adapters.items():
+            out["adapters"][name] = {"params": sum(v.size for v in ad.weights.values()), "bytes": nbytes(ad.weights.values())}
+        return out

@@ -1,9 +1,11 @@
 """The Python API: one function per CLI command, each the same code path as its command, raising
-`UserError` where the CLI exits with code 2.
+`UserError` where the CLI exits with code 2 (see "Scripting" in the README).
 
     import smolmac
     run = smolmac.train("recipes/sft-full-tiny.yaml", train={"steps": 50})
-    print(run.dir, run.adapter_path, run.last("eval"))
+    m = smolmac.load("models/base", adapters={"math": run.dir})
+    print(m.generate("What is 7 + 5?"), m.inspect())
+    smolmac.export(run.dir, format="peft", to="out/math-peft")
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from smolmac.config import Config, load_recipe
 from smolmac.runs import Run, default_run_dir, read_config, run_training
 
-__all__ = ["train", "run", "list_recipes", "inspect"]
+__all__ = ["train", "run", "load", "export", "upload", "combine", "runs", "read_run", "bench"]
+__all__ += ["recipes", "inspect"]
 
 
 def run(cfg: Config, run_dir: str | Path, resume: bool = False, on_event=None, stop=None) -> Run:
@@ -26,7 +29,8 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False, on_event=None, s
 
 
 def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, on_event=None, stop=None, **overrides) -> Run:
-    """Train from a recipe path, mapping or Config; keyword overrides mirror the recipe keys.
+    """`smolmac train`: train from a recipe path, mapping or Config; keyword overrides mirror the
+    recipe keys.
 
     Args:
         recipe: YAML path, dict or Config.
@@ -44,11 +48,166 @@ def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, 
     return run(cfg, run_dir, resume=resume, on_event=on_event, stop=stop)
 
 
+def load(base: str | None = None, adapters=None, dtype: str = "auto"):
+    """`smolmac generate`: load a base model once with named adapters; returns a
+    `smolmac.generate.LoadedModel` with .generate, .chat, .chat_stream, .stream, .use(name | None),
+    .adapters, .combine and .inspect.
+
+    Args:
+        base: Hub id or model directory (None: the base the first adapter records).
+        adapters: {name: RUN_OR_ADAPTER_DIR} (or a list of "NAME=DIR" strings).
+        dtype: "auto" (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16, bfloat16.
+    """
+    from smolmac.generate import load as load_handle
+
+    return load_handle(base, adapters, dtype)
+
+
+def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None, overwrite: bool = False, on_message=None) -> Path:
+    """`smolmac export`: write a run, an adapter dir, or the active adapter of a loaded model
+    (`smolmac.load(...).use(name)`, e.g. a combined one) as a PEFT adapter, a fused HF model or an
+    mlx-lm adapter.
+
+    Args:
+        run_or_model: run dir, pipeline dir, adapter dir, or a LoadedModel with an active adapter.
+        format: "peft", "hf" or "mlx" (smolmac.export.EXPORTERS).
+        to: output directory (written to a temp dir and renamed into place).
+        dtype: float32, float16 or bfloat16 (default: as trained / the base model's).
+        overwrite: replace a non-empty `to`.
+        on_message: receives progress sentences (e.g. print).
+    """
+    from smolmac.errors import UserError
+    from smolmac.export import export_run, write_export
+    from smolmac.export.sources import Source
+    from smolmac.generate import LoadedModel
+
+    if to is None:
+        raise UserError("export: give the output directory, e.g. to='out/my-peft'.")
+    if not isinstance(run_or_model, LoadedModel):
+        return export_run(run_or_model, format, to, dtype=dtype, overwrite=overwrite, on_message=on_message)
+    handle = run_or_model
+    if handle.active is None:
+        raise UserError("export: the loaded model has no active adapter; call .use(NAME) first (export a base model by its folder).")
+    ad = handle.adapters[handle.active]
+    source = handle.bank.sources[handle.active]
+    path = Path(source) if Path(source).exists() else Path(handle.base)
+    return write_export(Source(path, adapter=ad, base=handle.base), format, to, dtype, overwrite, on_message)
+
+
+def upload(path, repo: str, private: bool = False, dry_run: bool = False, message: str | None = None, on_message=None) -> str | None:
+    """`smolmac upload`: upload an export directory to the Hugging Face Hub; returns its URL.
+
+    Args:
+        path: an export directory (from `export`).
+        repo: "you/name".
+        private: create the repository as private.
+        dry_run: list the files and print the model card, upload nothing (offline).
+        message: commit message.
+        on_message: receives the printed lines.
+    """
+    from smolmac.hub import upload as hub_upload
+
+    return hub_upload(path, repo, private=private, dry_run=dry_run, message=message, on_message=on_message)
+
+
+def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=None, format: str = "peft",
+            overwrite: bool = False, on_message=None) -> Path:
+    """`smolmac adapters combine`: combine adapters into one with PEFT's add_weighted_adapter
+    definitions (linear, cat, svd; see smolmac/combining.py) and write it as an adapter at `to`
+    (a temp dir renamed into place, so nothing is written there on error), with a model card.
+
+    Args:
+        adapters: adapter dirs (runs, mlx-lm or PEFT dirs), a list of "DIR" / "NAME=DIR", or {name: dir}.
+        weights: one number per adapter (or "0.7,0.3").
+        method: "linear" (equal ranks), "cat" (rank = sum of ranks) or "svd".
+        rank: the rank of an svd combination (default: the largest rank).
+        to: output directory.
+        format: "peft" or "mlx".
+        overwrite: replace a non-empty `to`.
+        on_message: receives progress sentences (e.g. print).
+    """
+    import os
+
+    from smolmac.adapters import parse_adapter_specs, read_adapter
+    from smolmac.combining import combine as combine_adapters
+    from smolmac.combining import parse_weights
+    from smolmac.errors import UserError
+    from smolmac.export import EXPORTERS, check_out, write_export
+    from smolmac.export.sources import Source
+
+    say = on_message or (lambda _m: None)
+    formats = [k for k, e in EXPORTERS.items() if e.adapter]
+    if format not in formats:
+        raise UserError(f"--format: '{format}' is not an adapter format; choose {' or '.join(formats)} (export the combined adapter fused with `smolmac export OUT --format hf`).")
+    if to is None:
+        raise UserError("--to: give the output directory of the combined adapter.")
+    specs = [f"{k}={v}" for k, v in adapters.items()] if isinstance(adapters, dict) else [str(a) for a in adapters]
+    named = parse_adapter_specs(specs, "combine")
+    seen: dict[str, str] = {}
+    for name, path in named.items():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UserError(f"combine: '{path}' is given twice (as '{seen[key]}' and '{name}'); give each adapter once and set its weight with --weights.")
+        seen[key] = name
+        check_out(Path(to), Path(path), overwrite)
+    weights = parse_weights(weights)
+    ad = combine_adapters({name: read_adapter(path) for name, path in named.items()}, weights, method, rank)
+    say(f"combined {', '.join(f'{n} ({w:g})' for n, w in zip(named, weights))} with {method}: rank {ad.rank}, {len(ad.modules())} modules.")
+    info = {"combined": {"method": method, "adapters": list(named), "weights": weights, "rank": ad.rank}}
+    return write_export(Source(Path(next(iter(named.values()))), adapter=ad), format, Path(to), overwrite=overwrite, on_message=say, info=info)
+
+
+def runs(runs_dir: str | Path = "runs") -> list[dict]:
+    """`smolmac runs`: summaries of every run in `runs_dir`, newest first (dir, name, status,
+    method, model, step, total_steps, loss, alive, error)."""
+    from smolmac.launcher import Launcher, list_runs
+
+    return list_runs(runs_dir, Launcher())
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """A run dir as a `Run`: its recipe, every event, its adapter or model path, stopped or not."""
+    from smolmac import events as ev
+    from smolmac.errors import UserError
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: no config.yaml; it is not a run directory.")
+    events = ev.read_events(run_dir / "events.jsonl")
+    done = next((e for e in reversed(events) if e["type"] == "done"), None)
+    adapter, model = run_dir / "adapter", run_dir / "model"
+    return Run(dir=run_dir, config=read_config(run_dir), events=events,
+               adapter_path=adapter if (adapter / "adapter_config.json").is_file() else None,
+               model_path=model if (model / "config.json").is_file() else None,
+               stopped=bool(done and done.get("stopped")))
+
+
+def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out=None, on_message=None) -> dict:
+    """`smolmac bench`: "sft" (vs mlx-lm), "dpo" (vs SFT) or "pretrain" (MFU); returns the results.
+
+    Args:
+        what: "sft", "dpo" or "pretrain".
+        size: "tiny" or "135m" (135m needs a GPU or a Mac).
+        steps: measured steps per system (default: the benchmark's).
+        batch_size: rows per batch.
+        out: also write the results as JSON here.
+        on_message: receives the printed table lines.
+    """
+    from smolmac.bench import SIZES, run_bench
+    from smolmac.errors import UserError
+
+    if what not in ("sft", "dpo", "pretrain"):
+        raise UserError(f"bench: '{what}' is not a benchmark; choose sft, dpo or pretrain.")
+    if size not in SIZES:
+        raise UserError(f"bench: size '{size}' is unknown; choose {' or '.join(SIZES)}.")
+    return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None))
+
+
 # ---------------------------------------------------------------------------------------------
 # Recipes and looking inside models (the app's workshop views)
 
 
-def list_recipes(user_dir: str | Path = "recipes") -> list[dict]:
+def recipes(user_dir: str | Path = "recipes") -> list[dict]:
     """The recipes `train` finds by name: yours in `user_dir`, then the shipped ones.
 
     Args:

@@ -5,7 +5,9 @@
     smolmac train RECIPE --set train.lr=1e-4 --run-dir runs/x [--json | --quiet]
     smolmac train --resume runs/x            # continue from the last checkpoint
     smolmac generate --model M [--adapter runs/x] --prompt "Hi"
+    smolmac generate --model M --adapter math=runs/a --adapter style=runs/b --use math --prompt "Hi"
     smolmac export runs/x --format peft|hf|mlx --to out/ [--dtype bfloat16]
+    smolmac adapters combine runs/a runs/b --weights 0.7,0.3 --method linear|cat|svd [--rank R] --to out/
     smolmac upload out/ --repo you/name [--private] [--dry-run]
     smolmac bench sft|dpo|pretrain
     smolmac runs                             # list runs (a pipeline with its stages)
@@ -41,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
     t.add_argument("--help-keys", action="store_true", help="List every recipe key with its default and help, then exit.")
 
-    g = sub.add_parser("generate", help="Stream a completion from a model (optionally with an adapter).")
+    g = sub.add_parser("generate", help="Stream a completion from a model (optionally with adapters).", description="Load a base model once with any number of named adapters and stream a completion with one of them (or the base).")
     g.add_argument("--model", required=True, help="Hub id or local model directory.")
-    g.add_argument("--adapter", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir.")
+    g.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir, optionally named (math=runs/a); repeat to load several on the one base.")
+    g.add_argument("--use", metavar="NAME", help="Which adapter answers ('none' for the base); needed when several are loaded.")
+    g.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
     g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
     g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
@@ -72,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
     b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
+
+    ad = sub.add_parser("adapters", help="Work with adapters: combine several into one.")
+    adsub = ad.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = adsub.add_parser("combine", help="Combine adapters into one (PEFT's add_weighted_adapter).", description="Combine adapters of one base model into one adapter with PEFT's add_weighted_adapter definitions: linear (equal ranks; A and B weighted by sqrt(weight x scaling)), cat (ranks concatenated; exact sum of the weighted updates), svd (the weighted sum of the updates re-factorised to --rank).")
+    c.add_argument("adapters", nargs="+", metavar="[NAME=]DIR", help="Run dirs, mlx-lm or PEFT adapter dirs, optionally named (math=runs/a).")
+    c.add_argument("--weights", required=True, help="One weight per adapter, comma-separated, e.g. 0.7,0.3 (a negative weight subtracts; write --weights=-0.5,1 when the first is negative).")
+    c.add_argument("--method", default="svd", choices=["linear", "cat", "svd"], help="linear, cat or svd (default svd, as in PEFT).")
+    c.add_argument("--rank", type=int, help="Rank of an svd combination (default: the largest rank).")
+    c.add_argument("--to", required=True, help="Output directory (nothing is written there on error).")
+    c.add_argument("--format", default="peft", choices=["peft", "mlx"], help="peft (default) or mlx (mlx_lm --adapter-path).")
+    c.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
     r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
@@ -215,35 +230,66 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from smolmac.generate import load_for_generation, stream
+def _memory_line(info: dict) -> str:
+    adapters = ", ".join(f"{n} {a['mb']:.2f} MB" for n, a in info["adapters"].items())
+    return f"{info['base']['model']}: base {info['base']['mb']:.2f} MB" + (f"; adapters {adapters}" if adapters else "") + f"; answering: {info['active'] or 'the base'}"
 
-    model, tok = load_for_generation(args.model, args.adapter)
-    for piece in stream(model, tok, args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, chat=False if args.raw else None):
+
+def cmd_generate(args) -> int:
+    from smolmac import api
+    from smolmac.adapters import parse_adapter_specs
+
+    model, specs = args.model, args.adapter
+    if len(specs) == 1 and "=" not in specs[0] and (Path(specs[0]) / "model" / "config.json").is_file():
+        model, specs = str(Path(specs[0]) / "model"), []  # a full fine-tune run: its model/ is the model
+    adapters = parse_adapter_specs(specs)
+    use = args.use
+    if use is None and len(adapters) > 1:
+        raise UserError(f"--use: {len(adapters)} adapters are loaded ({', '.join(adapters)}); choose the one that answers with --use NAME (or --use none for the base).")
+    if use is None:
+        use = next(iter(adapters), None)
+    elif use.lower() == "none":
+        use = None
+    elif use not in adapters:
+        from smolmac.errors import did_you_mean
+
+        raise UserError(f"--use: no adapter is named '{use}'{did_you_mean(use, adapters)}; choose one of {', '.join(adapters) or 'none'} (or none for the base).")
+    handle = api.load(model, adapters, dtype=args.dtype).use(use)
+    if adapters:
+        print(_memory_line(handle.inspect()), file=sys.stderr)
+    for piece in handle.stream(args.prompt, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, chat=False if args.raw else None):
         print(piece, end="", flush=True)
     print()
     return 0
 
 
 def cmd_export(args) -> int:
-    from smolmac.export import export_run
+    from smolmac import api
 
-    out = export_run(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print)
+    out = api.export(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print)
     print(f"exported {args.format} → {out}")
     return 0
 
 
 def cmd_upload(args) -> int:
-    from smolmac.hub import upload
+    from smolmac import api
 
-    upload(args.dir, args.repo, private=args.private, dry_run=args.dry_run, message=args.message, on_message=print)
+    api.upload(args.dir, args.repo, private=args.private, dry_run=args.dry_run, message=args.message, on_message=print)
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    from smolmac import api
+
+    out = api.combine(args.adapters, args.weights, args.method, args.rank, args.to, args.format, args.overwrite, on_message=print)
+    print(f"combined adapter ({args.format}) → {out}")
     return 0
 
 
 def cmd_bench(args) -> int:
-    from smolmac.bench import run_bench
+    from smolmac import api
 
-    run_bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
+    api.bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
     return 0
 
 
@@ -251,7 +297,7 @@ def cmd_runs(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from smolmac.launcher import Launcher, list_runs
+    from smolmac import api
     from smolmac.pipeline import headline
 
     def step(r):
@@ -260,8 +306,9 @@ def cmd_runs(args) -> int:
         return f"{r['step']}/{r['total_steps'] or '?'}"
 
     table = Table("run", "status", "method", "model", "step", "loss", "learned")
-    for r in list_runs(args.dir, Launcher()):
-        model = r["model"] if isinstance(r["model"], str) else json.dumps(r["model"])
+    for r in api.runs(args.dir):
+        spec = r["model"].get("new") if isinstance(r["model"], dict) else None
+        model = f"new {spec.get('preset', 'nano')}" if isinstance(spec, dict) else str(r["model"])  # {new: {preset: micro}}
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else ""
         if r.get("stages"):  # a pipeline: its row says which stage is current, then one row per stage
             table.add_row(r["name"], r["status"], "pipeline", model, f"stage {r['step']}/{r['total_steps']}", loss, f"now: {r['current']}" if r["status"] != "finished" else "")
@@ -274,9 +321,9 @@ def cmd_runs(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from smolmac.api import list_recipes
+    from smolmac.api import recipes
 
-    rows = list_recipes(args.dir)
+    rows = recipes(args.dir)
     width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:
         kind = "pipeline" if r["pipeline"] else "run"
@@ -301,7 +348,8 @@ def cmd_tui(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "bench": cmd_bench, "runs": cmd_runs, "recipes": cmd_recipes, "inspect": cmd_inspect, "tui": cmd_tui, None: cmd_tui}
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "adapters": cmd_adapters,
+            "bench": cmd_bench, "runs": cmd_runs, "recipes": cmd_recipes, "inspect": cmd_inspect, "tui": cmd_tui, None: cmd_tui}
 
 
 def main(argv=None) -> int:

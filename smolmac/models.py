@@ -28,6 +28,20 @@ PRESETS = {
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
+def resolve_dtype(dtype: str = "auto") -> str:
+    """A dtype name for loading models: "auto" is bfloat16 on a GPU backend (Metal, CUDA) and
+    float32 on the CPU backend; the others (float32, float16, bfloat16) are returned as given.
+
+    Args:
+        dtype: "auto", "float32", "float16" or "bfloat16".
+    """
+    if dtype == "auto":
+        return "bfloat16" if mx.default_device().type == mx.DeviceType.gpu else "float32"
+    if dtype not in DTYPES:
+        raise UserError(f"dtype: '{dtype}' is not supported; choose auto, float32, float16 or bfloat16.")
+    return dtype
+
+
 def preset_config(spec: dict, vocab_size: int, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
     """A Hugging Face LlamaConfig dict from `{preset: nano, hidden_size: ..., ...}` overrides."""
     spec = dict(spec or {})

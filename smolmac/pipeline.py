@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,14 +145,15 @@ class ModelRef:
 
 
 def _local(path, run_dir: Path):
-    """A model path recorded by a run, found again when the run was started from another folder:
-    `runs/x/2-pretrain/model` written by a run in `runs/x` is `<run_dir>/2-pretrain/model`."""
-    if not isinstance(path, str) or not path or Path(path).exists():
+    """A model path recorded by a run, found inside the pipeline it belongs to, wherever the run
+    was started from and wherever the pipeline was moved since: `runs/x/2-pretrain/model` written
+    by a pipeline now in `<run_dir>` is `<run_dir>/2-pretrain/model`. Other paths stay as recorded."""
+    if not isinstance(path, str) or not path:
         return path
     parts = Path(path).parts
-    for j, part in enumerate(parts):
+    for j, part in enumerate(parts[:-1]):
         candidate = run_dir.joinpath(*parts[j:])
-        if (run_dir / part).is_dir() and candidate.exists():
+        if re.fullmatch(r"\d+-[^/]+", part) and (run_dir / part).is_dir() and candidate.exists():
             return str(candidate)
     return path
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import smolmac
 from smolmac.events import EventTail
 from smolmac.launcher import Launcher, list_runs
 from smolmac.tui import i18n
@@ -81,20 +82,39 @@ class FakeLauncher:
 
 
 class FakeChat:
-    """Echo backend that records the thread of every call (they must all be the worker's)."""
+    """Echo backend (the MLXChatBackend interface) that records the thread of every call (they
+    must all be the worker's): each reply names the adapter that gave it."""
 
     def __init__(self):
         self.threads: set[int] = set()
-        self.loads: list[tuple] = []
+        self.loads: list[str] = []
+        self.attached: list[tuple] = []
+        self.plain: list[str] = []
 
-    def load(self, model, adapter=None):
+    def load(self, model, adapters):
         self.threads.add(threading.get_ident())
-        self.loads.append((model, adapter))
-        return ("adapter" if adapter else "base", model)
+        self.loads.append(model)
+        return {"model": model, "adapters": {}}
 
-    def stream(self, handle, messages, max_tokens=256, temp=0.0, top_p=1.0):
+    def attach(self, handle, name, path):
         self.threads.add(threading.get_ident())
-        for word in [handle[0], "says:", messages[-1]["content"], f"(turn {len(messages) // 2 + 1})"]:
+        if "broken" in path:
+            raise smolmac.UserError(f"adapter '{name}' ({path}): 'model.layers.0.self_attn.q_proj.lora_a' has shape (32, 4), the model needs (64, 4).")
+        self.attached.append((name, path))
+        handle["adapters"][name] = path
+
+    def detach(self, handle, name):
+        del handle["adapters"][name]
+
+    def inspect(self, handle):
+        return {"base_mb": 12.5, "adapters": {name: 0.25 for name in handle["adapters"]}}
+
+    def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0, chat=None):
+        self.threads.add(threading.get_ident())
+        if chat is False:  # a column without the chat template (a pretrained-only model)
+            self.plain.append(adapter or "base")
+        assert adapter is None or adapter in handle["adapters"]
+        for word in [adapter or "base", "says:", messages[-1]["content"], f"(turn {len(messages) // 2 + 1})"]:
             yield word + " "
 
 
@@ -410,8 +430,8 @@ async def test_chat_streams_base_and_adapter_side_by_side_on_one_worker_thread(t
             await wait_for(pilot, lambda: screen.pending == 0 and len(screen.query_one("#pane-adapter").messages) % 2 == 0)
         base, adapter = screen.query_one("#pane-base"), screen.query_one("#pane-adapter")
         assert [m["content"] for m in base.messages] == ["hello", "base says: hello (turn 1) ", "again", "base says: again (turn 2) "]
-        assert adapter.messages[-1]["content"] == "adapter says: again (turn 2) "
-        assert chat.loads == [("org/base", None), ("org/base", "runs/r1")]  # loaded once, reused
+        assert adapter.messages[-1]["content"] == "r1 says: again (turn 2) "
+        assert chat.loads == ["org/base"] and chat.attached == [("r1", "runs/r1")]  # the base loaded once, reused
         assert len(chat.threads) == 1 and threading.get_ident() not in chat.threads
         screen.query_one("#chat-temp").value = "hot"
         screen.query_one("#chat-prompt").value = "x"

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from test_tui import (
     T0,
+    FakeChat,
     FakeLauncher,
     _render,
     make_app,
@@ -27,6 +28,7 @@ from test_tui import (
 )
 
 from smolmac.pipeline import stage_rows
+from smolmac.tui.app import SmolmacApp
 
 SIZE = (100, 32)
 DATA = Path(__file__).parent / "data"
@@ -63,7 +65,8 @@ def fake_pipeline(root: Path, name: str, upto: int = 4, stopped: bool = False) -
         (sub / "config.yaml").write_text(yaml.safe_dump({"model": model, "method": method, "name": sname, "train": {"batch_size": 16, **keys.get("train", {})}, "full": keys.get("full", False)}))
         t = T0 + 100 * i
         events.append({"type": "stage", "step": 0, "stage": i, "name": sname, "method": method, "dir": str(sub), "status": "started", "time": t})
-        sub_events = [{**start_event(total=steps), "method": method, "time": t}]
+        started_from = sub / "init" if i == 2 else d / f"{i - 1}-{STAGES[i - 2][0]}" / "model"
+        sub_events = [{**start_event(total=steps), "method": method, "model": str(started_from), "time": t}]
         done_steps = steps if i <= upto else steps // 2
         sub_events += [{**train_event(s, total=steps), "loss": round(4.0 / (1 + s / 5) + i * 0.1, 4), "time": t + s} for s in range(2, done_steps + 1, 2)] if steps else []
         if i <= upto:
@@ -292,7 +295,7 @@ async def test_look_inside_a_pipeline_tokens_anatomy_embeddings(tiny_pipeline, t
         screen = app.screen
         await wait_for(pilot, lambda: screen.data is not None)
         assert screen.data["ref"].label == "3-sft · adapter"
-        assert [label for label, _ in screen.query_one("#inspect-model")._options] == ["2-pretrain · untrained", "2-pretrain", "3-sft · adapter", "4-orpo"]
+        assert [label for label, value in screen.query_one("#inspect-model")._options if isinstance(value, str)] == ["2-pretrain · untrained", "2-pretrain", "3-sft · adapter", "4-orpo"]
         screen.query_one("#inspect-text").value = "What is 7 + 5?"
         await wait_for(pilot, lambda: "chars" in _render(app) or "characters per token" in _render(app))
         tokens = str(screen.query_one("#inspect-tokens").render())
@@ -394,3 +397,78 @@ def test_every_screen_keeps_its_keys_visible_at_80x24(tmp_path, language):
         assert r["cut"] == [], f"{language} {name}: keys cut off in the footer: {r['cut']}"
         assert r["panel"], f"{language} {name}: F1 shows no key panel"
         assert r["shown"], f"{language} {name}: no keys in the footer"
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat along a pipeline
+
+
+def model_files(d: Path) -> None:
+    """The outputs a pipeline's stages leave (only the files run_models looks for): the built
+    untrained model, the pretrained model, an SFT adapter (LoRA), the aligned model."""
+    for folder, name in (("2-pretrain/init", "config.json"), ("2-pretrain/model", "config.json"), ("3-sft/adapter", "adapter_config.json"), ("4-orpo/model", "config.json")):
+        (d / folder).mkdir(parents=True, exist_ok=True)
+        (d / folder / name).write_text("{}")
+
+
+async def test_chat_along_a_pipeline_picks_its_models_and_prompts_pretrained_ones_as_plain_text(tmp_path, monkeypatch):
+    from test_chat_adapters import replies, send
+
+    from smolmac.tui.screens.chat import Transcript, open_chat
+
+    monkeypatch.chdir(tmp_path)
+    d = fake_pipeline(tmp_path / "runs", "qs")
+    model_files(d)
+    chat = FakeChat()
+    app = make_app(tmp_path, chat=chat)
+    async with app.run_test(size=SIZE) as pilot:
+        open_chat(app, d)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ChatScreen" and app.screen.query("Checkbox"))
+        screen = app.screen
+        assert [str(c.label) for c in screen.query("Checkbox")] == ["untrained", "2-pretrain", "3-sft", "4-orpo"]
+        assert [c.value for c in screen.query("Checkbox")] == [False, True, True, True]  # the last three
+        panes = [(p.side, p.border_title) for p in screen.query(Transcript) if p.display]
+        assert panes == [("base", "2-pretrain · plain text"), ("adapter", "3-sft · adapter"), ("adapter-2", "4-orpo")]
+        await send(pilot, screen, "What is 2 + 3?")
+        got = replies(screen)
+        assert got == {"base": "base says: What is 2 + 3? (turn 1) ", "adapter": "3-sft says: What is 2 + 3? (turn 1) ", "adapter-2": "4-orpo says: What is 2 + 3? (turn 1) "}
+        assert chat.loads == [str(d / "2-pretrain" / "model")] and chat.plain == ["base"]  # the LoRA stage's base, loaded once
+        assert ("3-sft", str(d / "3-sft" / "adapter")) in chat.attached and ("4-orpo", str(d / "4-orpo" / "model")) in chat.attached
+
+        # Pick the untrained model instead of the aligned one: a model of its own, plain text too.
+        await pilot.click("#pick-3")
+        await pilot.click("#pick-0")
+        await wait_for(pilot, lambda: [p.border_title for p in screen.query(Transcript) if p.display] == [
+            "2-pretrain · untrained · plain text", "2-pretrain · plain text", "3-sft · adapter"])
+        screen.query_one("#chat-prompt").focus()  # enter on a checkbox would toggle it
+        await send(pilot, screen, "1 + 1 =")
+        assert set(chat.plain[1:]) == {"untrained", "2-pretrain"} and len(replies(screen)) == 3
+
+        # A stage's chat opens on that stage and the model it started from.
+        app.pop_screen()
+        open_chat(app, d, stage="4-orpo")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ChatScreen" and app.screen is not screen)
+        await pilot.pause()
+        assert [c.value for c in app.screen.query("Checkbox")] == [False, False, True, True]
+
+
+@pytest.mark.slow
+async def test_chat_sends_one_prompt_to_three_stages_of_a_real_pipeline(tiny_pipeline, tmp_path):
+    """The real MLX backend: the pretrained model, the SFT adapter on it, the aligned model."""
+    from test_chat_adapters import send
+
+    from smolmac.tui.screens.chat import Transcript, open_chat
+
+    app = SmolmacApp(runs_dir=tmp_path / "runs", recipes_dir=tmp_path, launcher=FakeLauncher(), memory_gb=16, list_models=lambda: [])
+    async with app.run_test(size=SIZE) as pilot:
+        open_chat(app, tiny_pipeline)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ChatScreen" and app.screen.query("#chat-max"))
+        screen = app.screen
+        screen.query_one("#chat-max").value = "8"
+        await send(pilot, screen, "What is 2 + 3?")
+        shown = [p for p in screen.query(Transcript) if p.display]
+        assert [p.border_title for p in shown] == ["2-pretrain · plain text", "3-sft · adapter", "4-orpo"]
+        for pane in shown:
+            reply = pane.messages[-1]
+            assert reply["role"] == "assistant" and "✗" not in pane.query("Static").last().render().plain, pane.border_title
+        assert "✗" not in _render(app)

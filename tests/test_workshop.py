@@ -81,7 +81,8 @@ def test_read_run_summarises_a_running_pipeline_and_list_runs_fails_it_when_its_
 
 
 @pytest.mark.slow
-def test_a_finished_pipeline_is_listed_with_its_four_stages(tiny_pipeline, capsys):
+def test_a_finished_pipeline_is_listed_with_its_four_stages(tiny_pipeline, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # the table on one line per row
     info = read_run(tiny_pipeline)
     assert (info["method"], info["status"], info["step"], info["total_steps"]) == ("pipeline", "finished", 4, 4)
     assert [(s["label"], s["method"], s["status"]) for s in info["stages"]] == [
@@ -90,7 +91,7 @@ def test_a_finished_pipeline_is_listed_with_its_four_stages(tiny_pipeline, capsy
     assert headline(info["stages"][1]).startswith("val perplexity") and headline(info["stages"][3]).startswith("preference accuracy")
     assert main(["runs", str(tiny_pipeline.parent)]) == 0
     out = capsys.readouterr().out
-    for needle in ("pipeline", "1-tokenizer", "2-pretrain", "3-sft", "4-orpo", "stage 4/4", "vocab 300"):
+    for needle in ("pipeline", "new nano", "1-tokenizer", "2-pretrain", "3-sft", "4-orpo", "stage 4/4", "vocab 300", "val perplexity"):
         assert needle in out, out
 
 

@@ -8,7 +8,7 @@ from textual.message import Message
 
 
 class ChatPiece(Message):
-    """A streamed piece of a reply on one side ("base" or "adapter")."""
+    """A streamed piece of a reply in one column ("base", "adapter", "adapter-2", ...)."""
 
     def __init__(self, side: str, text: str):
         super().__init__()

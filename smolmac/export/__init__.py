@@ -21,7 +21,8 @@ from smolmac.errors import UserError
 from smolmac.export.registry import DTYPES, EXPORTERS, Exporter, detect, exporter  # noqa: F401
 
 
-def _check_out(out: Path, src_path: Path, overwrite: bool):
+def check_out(out: Path, src_path: Path, overwrite: bool):
+    """UserError unless `out` may be written: new, empty, or `overwrite` and not holding `src_path`."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--to: {out} is a file; give a directory path.")
     if out.exists() and any(out.iterdir()):
@@ -30,6 +31,11 @@ def _check_out(out: Path, src_path: Path, overwrite: bool):
         here, src = out.resolve(), src_path.resolve()
         if here == src or here in src.parents or here in (Path.cwd().resolve(), Path.home().resolve()):
             raise UserError(f"--to: {out} contains the run (or is the current or home directory); --overwrite would delete it, so choose a new directory.")
+
+
+def _check_dtype(dtype: str | None):
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype: '{dtype}' is not supported; choose float32, float16 or bfloat16.")
 
 
 def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool = False, on_message=None) -> Path:
@@ -44,25 +50,43 @@ def export_run(run_dir, fmt: str, out, dtype: str | None = None, overwrite: bool
         overwrite: replace a non-empty `out`.
         on_message: callable receiving progress sentences (e.g. print).
     """
-    from smolmac.export.card import card_info, model_card
     from smolmac.export.sources import open_source
 
     say = on_message or (lambda _m: None)
     kind = exporter(fmt)
-    if dtype is not None and dtype not in DTYPES:
-        raise UserError(f"--dtype: '{dtype}' is not supported; choose float32, float16 or bfloat16.")
+    _check_dtype(dtype)
     out = Path(out)
-    _check_out(out, Path(run_dir), overwrite)
+    check_out(out, Path(run_dir), overwrite)
     src = open_source(run_dir, say)
     if src.adapter is None and kind.adapter:
         raise UserError(f"--format {fmt}: {run_dir} is a full fine-tune with no adapter to export; use --format hf for a transformers model directory (mlx-lm loads it too).")
+    return write_export(src, fmt, out, dtype, overwrite, say)
+
+
+def write_export(src, fmt: str, out, dtype: str | None = None, overwrite: bool = False, on_message=None,
+                 info: dict | None = None) -> Path:
+    """Write a `Source` (see sources.py) in format `fmt` at `out`, with smolmac.json and the model
+    card, under a temporary name renamed into place (nothing is left at `out` on failure).
+
+    Args:
+        src: what to write (an adapter, a model dir or full weights).
+        fmt, out, dtype, overwrite, on_message: as in `export_run`.
+        info: extra smolmac.json entries (e.g. how a combined adapter was made).
+    """
+    from smolmac.export.card import card_info, model_card
+
+    say = on_message or (lambda _m: None)
+    kind = exporter(fmt)
+    _check_dtype(dtype)
+    out = Path(out)
+    check_out(out, src.path, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         kind.writer().write(src, tmp, dtype, say)
-        info = {**card_info(src, fmt, dtype), "name": out.name}
+        info = {**card_info(src, fmt, dtype), "name": out.name, **(info or {})}
         (tmp / "smolmac.json").write_text(json.dumps(info, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(info))
         if out.exists():

@@ -193,6 +193,10 @@ def model_card(info: dict, repo_id: str | None = None) -> str:
     if info.get("adapter"):
         a = info["adapter"]
         train.append(f"- Adapter: {'DoRA' if a['use_dora'] else 'LoRA'} r={a['rank']}, alpha={a['alpha']}, dropout={a['dropout']}, targets {', '.join(a['targets'])}, layers {a['layers']}")
+    if info.get("combined"):
+        c = info["combined"]
+        parts_ = ", ".join(f"{n} (weight {w:g})" for n, w in zip(c["adapters"], c["weights"]))
+        train.append(f"- Combined from {parts_} with PEFT's add_weighted_adapter method `{c['method']}` (rank {c['rank']})")
     if info.get("dtype"):
         train.append(f"- Exported in {info['dtype']}")
     if train or info.get("hyperparameters"):

@@ -12,7 +12,6 @@ training and cached in the run directory, so resuming never recomputes them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_unflatten
 
 from smolmac import data
+from smolmac.adapters import adapters_disabled
 from smolmac.batches import Batches, pad_to
 from smolmac.data import WHERE, Example, hf_tokenizer
 from smolmac.errors import UserError
@@ -209,35 +208,6 @@ class PairBatches(Batches):
 
 # ---------------------------------------------------------------------------------------------
 # Reference log-probs: the same weights with adapters disabled, computed once, cached
-
-
-def _adapter_base(module):
-    """The wrapped base layer of an mlx-lm LoRA/DoRA layer, or None for other modules."""
-    from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
-    from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
-
-    if isinstance(module, (LoRALinear, DoRALinear, LoRASwitchLinear)):
-        return module.linear
-    if isinstance(module, (LoRAEmbedding, DoRAEmbedding)):
-        return module.embedding
-    return None
-
-
-@contextlib.contextmanager
-def adapters_disabled(model):
-    """Swap every LoRA/DoRA layer for the base layer it wraps, then swap back.
-
-    Exact (the base layer's own forward runs, not `W x + 0 * B A x`) and copies nothing: the
-    base layer's weights are the same arrays. A model without adapters is left as is.
-    """
-    adapted = [(name, m) for name, m in model.named_modules() if _adapter_base(m) is not None]
-    if adapted:
-        model.update_modules(tree_unflatten([(name, _adapter_base(m)) for name, m in adapted]))
-    try:
-        yield model
-    finally:
-        if adapted:
-            model.update_modules(tree_unflatten(adapted))
 
 
 def reference_logps(model, batches: PairBatches) -> np.ndarray:
