@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -472,3 +474,78 @@ async def test_chat_sends_one_prompt_to_three_stages_of_a_real_pipeline(tiny_pip
             reply = pane.messages[-1]
             assert reply["role"] == "assistant" and "✗" not in pane.query("Static").last().render().plain, pane.border_title
         assert "✗" not in _render(app)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots of a real quickstart run (the README's screenshots)
+#
+# tests/data/quickstart holds a finished `smolmac train quickstart` run's event files and the
+# replies its models gave to one prompt, recorded by scripts/record_app_demo.py with the chat's
+# own backend; the chat snapshot replays those replies (no model weights in the repository).
+
+
+class RecordedChat(FakeChat):
+    """Streams the replies the quickstart's models really gave, word by word."""
+
+    def __init__(self, replies: dict):
+        super().__init__()
+        self.replies = replies
+
+    def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0, chat=None):
+        yield from re.findall(r"\s*\S+|\s+", self.replies[adapter or "base"])
+
+
+def quickstart_run(tmp_path, monkeypatch) -> Path:
+    """The recorded quickstart as runs/quickstart, with marker files for its models."""
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs") / "quickstart"
+    shutil.copytree(DATA / "quickstart", run, ignore=shutil.ignore_patterns("replies.json"))
+    for folder in ("2-pretrain/init", "2-pretrain/model", "3-sft/model", "4-orpo/model"):
+        (run / folder).mkdir(parents=True)
+        (run / folder / "config.json").write_text("{}")
+    return run
+
+
+def test_snapshot_pipeline_dashboard(snap_compare, tmp_path, monkeypatch):
+    run = quickstart_run(tmp_path, monkeypatch)
+    app = SmolmacApp(runs_dir="runs", recipes_dir="recipes", launcher=FakeLauncher(), chat_backend=FakeChat(), memory_gb=16, list_models=lambda: [])
+
+    async def open_pipeline(pilot):
+        from smolmac.tui.screens.pipeline import PipelineScreen
+
+        await pilot.app.push_screen(PipelineScreen(run))
+        await wait_for(pilot, lambda: pilot.app.screen.query_one("#pipe-chart").point_count() > 0)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=open_pipeline)
+
+
+def test_snapshot_chat_along_the_pipeline(snap_compare, tmp_path, monkeypatch):
+    run = quickstart_run(tmp_path, monkeypatch)
+    recorded = json.loads((DATA / "quickstart" / "replies.json").read_text())
+    app = SmolmacApp(runs_dir="runs", recipes_dir="recipes", launcher=FakeLauncher(), chat_backend=RecordedChat(recorded["replies"]),
+                     memory_gb=16, list_models=lambda: [])
+
+    async def ask(pilot):
+        from smolmac.tui.screens.chat import open_chat
+
+        open_chat(pilot.app, run)
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "ChatScreen" and pilot.app.screen.query("Checkbox"))
+        screen = pilot.app.screen
+        screen.query_one("#chat-prompt").value = recorded["prompt"]
+        screen.query_one("#chat-prompt").focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.pending == 0 and all(p.messages for p in screen.query("Transcript") if p.display))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=ask)
+
+
+def test_readme_screenshots_are_the_snapshots():
+    """docs/ holds the two snapshots above as the README shows them (copy them after
+    `pytest tests/test_tui_workshop.py -k snapshot --snapshot-update`)."""
+    snapshots = Path(__file__).parent / "__snapshots__" / "test_tui_workshop"
+    docs = Path(__file__).parents[1] / "docs"
+    for test, doc in (("test_snapshot_pipeline_dashboard", "app-pipeline.svg"), ("test_snapshot_chat_along_the_pipeline", "app-chat.svg")):
+        assert (docs / doc).read_bytes() == (snapshots / f"{test}.svg").read_bytes(), f"docs/{doc} differs from the {test} snapshot: copy it"
+        assert f"docs/{doc}" in (Path(__file__).parents[1] / "README.md").read_text()
