@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 PROMPT = "What is 7 + 5?"
@@ -29,20 +28,26 @@ def main() -> None:
     args = parser.parse_args()
 
     import smolmac  # noqa: F401  (the optimised BLAS before mlx)
+    from smolmac import quickstart
     from smolmac.pipeline import run_models
     from smolmac.tui.chat_backend import MLXChatBackend
     from smolmac.tui.screens.chat import chat_setup, column_name
 
     run, out = Path(args.run_dir), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+
+    def copy(src: Path, dst: Path) -> None:
+        # Resolved shipped-data paths go back to `quickstart:NAME` (no path of this machine).
+        dst.write_text(src.read_text(encoding="utf-8").replace(str(quickstart.HERE) + "/", "quickstart:"), encoding="utf-8")
+
     for name in ("config.yaml", "events.jsonl"):
-        shutil.copy(run / name, out / name)
+        copy(run / name, out / name)
     for stage in sorted(p for p in run.iterdir() if p.is_dir() and (p / "events.jsonl").is_file()):
         (out / stage.name).mkdir(exist_ok=True)
         for name in ("config.yaml", "events.jsonl"):
-            shutil.copy(stage / name, out / stage.name / name)
+            copy(stage / name, out / stage.name / name)
 
-    backend, replies = MLXChatBackend(), {}
+    backend, replies, sizes = MLXChatBackend(), {}, {}
     for ref in run_models(run):
         setup = chat_setup([ref])
         columns = dict(item.split("=", 1) for item in setup["adapters"].split(", ") if item)
@@ -54,8 +59,10 @@ def main() -> None:
         plain = {"chat": False} if ("base" if adapter is None else name) in setup["plain"] else {}
         messages = [{"role": "user", "content": PROMPT}]
         replies[name] = "".join(backend.stream(handle, messages, adapter=adapter, max_tokens=MAX_TOKENS, **plain))
+        info = backend.inspect(handle)
+        sizes[name] = info["base_mb"] if adapter is None else info["adapters"][name]
         print(f"{name:<12} {replies[name]!r}")
-    (out / "replies.json").write_text(json.dumps({"prompt": PROMPT, "max_tokens": MAX_TOKENS, "replies": replies}, indent=2, ensure_ascii=False) + "\n")
+    (out / "replies.json").write_text(json.dumps({"prompt": PROMPT, "max_tokens": MAX_TOKENS, "replies": replies, "mb": sizes}, indent=2, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from test_tui import (
     make_app,
     start_event,
     train_event,
+    utc,  # noqa: F401  (fixture: the Started column in UTC)
     wait_for,
 )
 
@@ -226,9 +227,10 @@ async def test_pipeline_dashboard_shows_the_stage_table_and_follows_the_running_
 # New pipeline from the app
 
 
-async def test_new_pipeline_stages_are_added_moved_checked_and_saved(tmp_path, monkeypatch, tiny_model, chat_file):
+async def test_new_pipeline_stages_are_added_moved_checked_saved_and_started(tmp_path, monkeypatch, tiny_model, chat_file):
     monkeypatch.chdir(tmp_path)
-    app = make_app(tmp_path)
+    launcher = FakeLauncher()
+    app = make_app(tmp_path, launcher)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n")
         await pilot.pause()
@@ -277,6 +279,12 @@ async def test_new_pipeline_stages_are_added_moved_checked_and_saved(tmp_path, m
         saved = load_recipe(tmp_path / "mine.yaml")
         assert [(s.get("name"), s["method"]) for s in saved.stages] == [("sft", "sft"), ("align", "orpo")]
         assert saved.stages[1]["orpo"] == {"beta": 0.2} and saved.stages[1]["train"] == {"steps": 5}
+
+        # Ctrl+R starts it: a pipeline opens on its stages' dashboard.
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PipelineScreen")
+        (kind, recipe, run_dir), = launcher.calls
+        assert kind == "start" and [s["method"] for s in load_recipe(recipe).stages] == ["sft", "orpo"] and app.screen.run_dir == run_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,11 +493,14 @@ async def test_chat_sends_one_prompt_to_three_stages_of_a_real_pipeline(tiny_pip
 
 
 class RecordedChat(FakeChat):
-    """Streams the replies the quickstart's models really gave, word by word."""
+    """Streams the replies the quickstart's models really gave, word by word (and their sizes)."""
 
-    def __init__(self, replies: dict):
+    def __init__(self, replies: dict, mb: dict):
         super().__init__()
-        self.replies = replies
+        self.replies, self.mb = replies, mb
+
+    def inspect(self, handle):  # the quickstart's stages are full models: no base is loaded
+        return {"base_mb": 0.0, "adapters": {n: self.mb[n] for n in handle["adapters"]}}
 
     def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0, chat=None):
         yield from re.findall(r"\s*\S+|\s+", self.replies[adapter or "base"])
@@ -504,6 +515,14 @@ def quickstart_run(tmp_path, monkeypatch) -> Path:
         (run / folder).mkdir(parents=True)
         (run / folder / "config.json").write_text("{}")
     return run
+
+
+@pytest.mark.usefixtures("utc")
+def test_snapshot_runs_with_a_pipeline(snap_compare, tmp_path, monkeypatch):
+    quickstart_run(tmp_path, monkeypatch)
+    fake_pipeline(Path("runs"), "halfway", upto=2, stopped=True)
+    app = SmolmacApp(runs_dir="runs", recipes_dir="recipes", launcher=FakeLauncher(), chat_backend=FakeChat(), memory_gb=16, list_models=lambda: [])
+    assert snap_compare(app, terminal_size=SIZE)
 
 
 def test_snapshot_pipeline_dashboard(snap_compare, tmp_path, monkeypatch):
@@ -523,7 +542,7 @@ def test_snapshot_pipeline_dashboard(snap_compare, tmp_path, monkeypatch):
 def test_snapshot_chat_along_the_pipeline(snap_compare, tmp_path, monkeypatch):
     run = quickstart_run(tmp_path, monkeypatch)
     recorded = json.loads((DATA / "quickstart" / "replies.json").read_text())
-    app = SmolmacApp(runs_dir="runs", recipes_dir="recipes", launcher=FakeLauncher(), chat_backend=RecordedChat(recorded["replies"]),
+    app = SmolmacApp(runs_dir="runs", recipes_dir="recipes", launcher=FakeLauncher(), chat_backend=RecordedChat(recorded["replies"], recorded["mb"]),
                      memory_gb=16, list_models=lambda: [])
 
     async def ask(pilot):
@@ -536,6 +555,7 @@ def test_snapshot_chat_along_the_pipeline(snap_compare, tmp_path, monkeypatch):
         screen.query_one("#chat-prompt").focus()
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen.pending == 0 and all(p.messages for p in screen.query("Transcript") if p.display))
+        screen.query_one("#chat-prompt").cursor_blink = False  # the same picture every time
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ask)

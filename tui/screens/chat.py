@@ -204,6 +204,16 @@ class ChatScreen(Screen):
         self._show_panes()
         self.generator()
         self.query_one("#chat-prompt", Input).focus()
+        if self.choices:
+            self._warm()
+
+    def _warm(self) -> None:
+        """Load the picked models while the user types (a job with no reply to give)."""
+        try:
+            adapters = {name: path for _, name, path in adapter_columns(self.run_dir or "")}
+        except Exception:  # a bad field says why when a message is sent
+            return
+        self.jobs.put(Job(self.model or "", adapters, [], {}, 1, 0.0, 1.0))
 
     def on_unmount(self) -> None:
         self.cancel.set()
@@ -265,6 +275,7 @@ class ChatScreen(Screen):
             self.query_one("#chat-mode", Select).value = self.initial_mode
         self.query_one("#pane-base", Transcript).border_title = self.titles.get("base", t("base model"))
         await self._sync_columns(adapter_columns(self.run_dir))
+        self._warm()
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -358,8 +369,10 @@ class ChatScreen(Screen):
                         except Exception as e:  # only this adapter's column fails
                             failed[name] = describe_error(e)
                 info = backend.inspect(handle)
-                sizes = "".join(f" · {n} {mb:.2f} MB" for n, mb in info["adapters"].items())
-                self.post_message(ChatStatus(t("base {mb} MB", mb=f"{info['base_mb']:.2f}") + sizes))
+                sizes = [f"{n} {mb:.2f} MB" for n, mb in info["adapters"].items()]
+                if info["base_mb"] or not sizes:  # no base loaded when every column is a model of its own
+                    sizes.insert(0, t("base {mb} MB", mb=f"{info['base_mb']:.2f}"))
+                self.post_message(ChatStatus(" · ".join(sizes)))
             except Exception as e:  # the base did not load: every column says why
                 handle = None
                 self.post_message(ChatStatus(""))

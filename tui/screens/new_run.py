@@ -386,6 +386,11 @@ class NewRunScreen(Screen):
         except Exception as e:  # OSError from the folder or from spawning the process
             self.app.show_error(e)
             return
+        if cfg.stages:  # a pipeline: its stages' dashboard
+            from smolmac.tui.screens.pipeline import PipelineScreen
+
+            self.app.switch_screen(PipelineScreen(run_dir))
+            return
         from smolmac.tui.screens.dashboard import DashboardScreen
 
         self.app.switch_screen(DashboardScreen(run_dir))
