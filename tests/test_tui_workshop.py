@@ -158,6 +158,8 @@ async def test_runs_show_a_pipeline_with_its_stages_and_every_action_works_on_a_
         await pilot.press("e")
         await pilot.pause()
         assert type(app.screen).__name__ == "ExportScreen" and app.screen.query_one("#export-run").value == str(root / "qs" / "3-sft")
+        assert app.screen.query_one("#export-out").value == str(Path("exports") / "qs-3-sft-peft")
+        assert str(root / "qs" / "4-orpo") in [v for _, v in app.screen.query_one("#export-run")._options]  # every stage offered
         await pilot.press("escape")
         table.move_cursor(row=half + 3)
         await pilot.press("r")
@@ -392,6 +394,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("language", ["en", "it"])
 def test_every_screen_keeps_its_keys_visible_at_80x24(tmp_path, language):
     root = tmp_path / "runs"
