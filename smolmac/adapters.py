@@ -382,7 +382,6 @@ class AdapterSet:
         self.sources: dict[str, str] = {}
         self.active: str | None = None
         self._layers: dict[str, list] = {}  # name -> [(module path, LoRA/DoRA layer)]
-        self._base: dict[str, nn.Module] = {}  # module path -> the base layer there
         model.freeze()
 
     def add(self, name: str, adapter: str | Path | Adapter, source: str | None = None) -> Adapter:
@@ -402,32 +401,30 @@ class AdapterSet:
         ad.n_blocks = ad.n_blocks or len(blocks(self.model))
         with self.using(None):  # build on the base layers, whichever adapter is active
             layers = adapter_layers(self.model, ad, f"adapter '{name}' ({source})")
-            modules = dict(self.model.named_modules())
-            for module, _ in layers:
-                self._base.setdefault(module, modules[module])
         mx.eval([layer.parameters() for _, layer in layers])
         self.adapters[name], self.sources[name], self._layers[name] = ad, source, layers
         return ad
 
     def remove(self, name: str) -> None:
         """Detach adapter `name` (the base is active afterwards if it was the active one)."""
-        self._check(name)
+        self.require(name)
         if self.active == name:
             self.use(None)
         del self.adapters[name], self.sources[name], self._layers[name]
 
-    def _check(self, name):
+    def require(self, name: str | None) -> None:
+        """UserError unless `name` is a loaded adapter (or None, the base)."""
         if name is not None and name not in self.adapters:
             choices = ", ".join(self.adapters) or "none loaded"
             raise UserError(f"adapter '{name}' is not loaded{did_you_mean(str(name), self.adapters)}; choose one of: {choices} (or None for the base).")
 
     def use(self, name: str | None) -> None:
         """Make adapter `name` active, or the base model with None; no weights are reloaded."""
-        self._check(name)
+        self.require(name)
         if name == self.active:
             return
-        if self.active is not None:
-            self.model.update_modules(tree_unflatten([(m, self._base[m]) for m, _ in self._layers[self.active]]))
+        if self.active is not None:  # each layer wraps the base layer it replaced: put that back
+            self.model.update_modules(tree_unflatten([(m, base_layer(layer)) for m, layer in self._layers[self.active]]))
         if name is not None:
             self.model.update_modules(tree_unflatten(self._layers[name]))
         self.active = name

@@ -63,18 +63,20 @@ def load(base: str | None = None, adapters=None, dtype: str = "auto"):
     return load_handle(base, adapters, dtype)
 
 
-def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None, overwrite: bool = False, on_message=None) -> Path:
+def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None, overwrite: bool = False, on_message=None,
+           quantize: str | None = None, group_size: int | None = None, with_base: bool = False) -> Path:
     """`smolmac export`: write a run, an adapter dir, or the active adapter of a loaded model
-    (`smolmac.load(...).use(name)`, e.g. a combined one) as a PEFT adapter, a fused HF model or an
-    mlx-lm adapter.
+    (`smolmac.load(...).use(name)`, e.g. a combined one) in one of smolmac.export.EXPORTERS' formats.
 
     Args:
         run_or_model: run dir, pipeline dir, adapter dir, or a LoadedModel with an active adapter.
-        format: "peft", "hf" or "mlx" (smolmac.export.EXPORTERS).
-        to: output directory (written to a temp dir and renamed into place).
-        dtype: float32, float16 or bfloat16 (default: as trained / the base model's).
-        overwrite: replace a non-empty `to`.
+        format: "peft", "hf", "mlx", "gguf", "ollama", "gguf-lora", "mlx-q4" or "mlx-q8".
+        to: output directory (a .gguf file for gguf and gguf-lora), written under a temporary
+            name and renamed into place.
+        dtype: float32, float16 or bfloat16 (GGUF: f32, f16, bf16, q8_0; default: as trained).
+        overwrite: replace an existing `to`.
         on_message: receives progress sentences (e.g. print).
+        quantize, group_size, with_base: as `smolmac export --quantize/--group-size/--with-base`.
     """
     from smolmac.errors import UserError
     from smolmac.export import export_run, write_export
@@ -82,16 +84,17 @@ def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None
     from smolmac.generate import LoadedModel
 
     if to is None:
-        raise UserError("export: give the output directory, e.g. to='out/my-peft'.")
+        raise UserError("export: give the output path, e.g. to='out/my-peft'.")
+    options = {"quantize": quantize, "group_size": group_size, "with_base": with_base}
     if not isinstance(run_or_model, LoadedModel):
-        return export_run(run_or_model, format, to, dtype=dtype, overwrite=overwrite, on_message=on_message)
+        return export_run(run_or_model, format, to, dtype=dtype, overwrite=overwrite, on_message=on_message, **options)
     handle = run_or_model
     if handle.active is None:
         raise UserError("export: the loaded model has no active adapter; call .use(NAME) first (export a base model by its folder).")
     ad = handle.adapters[handle.active]
     source = handle.bank.sources[handle.active]
     path = Path(source) if Path(source).exists() else Path(handle.base)
-    return write_export(Source(path, adapter=ad, base=handle.base), format, to, dtype, overwrite, on_message)
+    return write_export(Source(path, adapter=ad, base=handle.base), format, to, dtype, overwrite, on_message, **options)
 
 
 def upload(path, repo: str, private: bool = False, dry_run: bool = False, message: str | None = None, on_message=None) -> str | None:
@@ -136,9 +139,8 @@ def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=
     from smolmac.export.sources import Source
 
     say = on_message or (lambda _m: None)
-    formats = [k for k, e in EXPORTERS.items() if e.adapter]
-    if format not in formats:
-        raise UserError(f"--format: '{format}' is not an adapter format; choose {' or '.join(formats)} (export the combined adapter fused with `smolmac export OUT --format hf`).")
+    if format not in ("peft", "mlx"):
+        raise UserError(f"--format: '{format}' is not an adapter folder format; choose peft or mlx (then `smolmac export OUT --format hf|gguf|...` converts the combined adapter like any other).")
     if to is None:
         raise UserError("--to: give the output directory of the combined adapter.")
     specs = [f"{k}={v}" for k, v in adapters.items()] if isinstance(adapters, dict) else [str(a) for a in adapters]
@@ -149,7 +151,7 @@ def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=
         if key in seen:
             raise UserError(f"combine: '{path}' is given twice (as '{seen[key]}' and '{name}'); give each adapter once and set its weight with --weights.")
         seen[key] = name
-        check_out(Path(to), Path(path), overwrite)
+        check_out(Path(to), Path(path), overwrite, EXPORTERS[format])
     weights = parse_weights(weights)
     ad = combine_adapters({name: read_adapter(path) for name, path in named.items()}, weights, method, rank)
     say(f"combined {', '.join(f'{n} ({w:g})' for n, w in zip(named, weights))} with {method}: rank {ad.rank}, {len(ad.modules())} modules.")

@@ -6,7 +6,8 @@
     smolmac train --resume runs/x            # continue from the last checkpoint
     smolmac generate --model M [--adapter runs/x] --prompt "Hi"
     smolmac generate --model M --adapter math=runs/a --adapter style=runs/b --use math --prompt "Hi"
-    smolmac export runs/x --format peft|hf|mlx --to out/ [--dtype bfloat16]
+    smolmac export runs/x --format peft|hf|mlx|mlx-q4|mlx-q8|ollama --to out/ [--dtype bfloat16]
+    smolmac export runs/x --format gguf|gguf-lora --to out/x.gguf [--dtype f16] [--quantize q4_0]
     smolmac adapters combine runs/a runs/b --weights 0.7,0.3 --method linear|cat|svd [--rank R] --to out/
     smolmac upload out/ --repo you/name [--private] [--dry-run]
     smolmac bench sft|dpo|pretrain
@@ -59,9 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="Export a run: " + ", ".join(EXPORTERS) + ".")
     e.add_argument("run_dir", help="The run directory (or an adapter directory).")
     e.add_argument("--format", required=True, choices=list(EXPORTERS), help="; ".join(f"{k}: {v.help}" for k, v in EXPORTERS.items()) + ".")
-    e.add_argument("--to", required=True, help="Output directory.")
-    e.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the model's).")
-    e.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
+    e.add_argument("--to", required=True, help="Output directory (gguf, gguf-lora: a file ending in .gguf).")
+    e.add_argument("--dtype", help="float32, float16 or bfloat16; for gguf, ollama and gguf-lora f32, f16, bf16 or q8_0 (default: the model's).")
+    e.add_argument("--quantize", metavar="TYPE", help="gguf, ollama: a GGUF type the gguf package can write (q4_0, q4_1, q5_0, q5_1, q8_0); k-quants need llama.cpp's llama-quantize.")
+    e.add_argument("--group-size", type=int, metavar="N", help="mlx-q4, mlx-q8: quantisation group size, 32, 64 (default) or 128.")
+    e.add_argument("--with-base", action="store_true", help="peft: for a quantised base whose original is unknown, also write the dequantised base (DIR/base) for PEFT to load.")
+    e.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
 
     u = sub.add_parser("upload", help="Upload an export to the Hugging Face Hub.")
     u.add_argument("dir", help="An export directory (from `smolmac export`).")
@@ -266,7 +270,8 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from smolmac import api
 
-    out = api.export(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print)
+    out = api.export(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print,
+                     quantize=args.quantize, group_size=args.group_size, with_base=args.with_base)
     print(f"exported {args.format} → {out}")
     return 0
 

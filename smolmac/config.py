@@ -17,6 +17,7 @@ import yaml
 
 from smolmac.errors import UserError, did_you_mean
 from smolmac.methods import METHODS
+from smolmac.trackers import TRACKERS
 
 
 def number(x):
@@ -98,12 +99,14 @@ class DPOConfig:
     beta: float = _f(0.1, "DPO temperature beta.")
     loss: str = _f("sigmoid", "DPO loss variant (TRL's definitions).", ("sigmoid", "ipo", "hinge"))
     label_smoothing: float = _f(0.0, "Label smoothing epsilon for the sigmoid loss (cDPO).")
+    tokenization: str = _f("smolmac", "How pairs become tokens: smolmac (reply up to and including its end-of-turn token; plain strings become chat turns when the tokenizer has a template) or trl (TRL's DPOTrainer tokens: the template's trailing newline trained, plain strings kept plain with EOS and the tokenizer's BOS).", ("smolmac", "trl"))
 
 
 @dataclass
 class ORPOConfig:
     beta: float = _f(0.1, "Weight lambda of the odds-ratio term.")
     nll: str = _f("completion", "NLL over the chosen completion only, or the full chosen sequence like TRL.", ("completion", "full"))
+    tokenization: str = _f("smolmac", "How pairs become tokens: smolmac (reply up to and including its end-of-turn token; plain strings become chat turns when the tokenizer has a template) or trl (TRL's ORPOTrainer tokens: the template's trailing newline trained, EOS appended again, BOS prepended, plain strings kept plain).", ("smolmac", "trl"))
 
 
 @dataclass
@@ -133,6 +136,7 @@ class Config:
     full: bool = _f(False, "Full fine-tuning instead of LoRA/DoRA.")
     trust_remote_code: bool = _f(False, "Allow the tokenizer's custom code from the Hub.")
     name: str | None = _f(None, "Run name used for the default run directory.")
+    report_to: Union[str, list] = _f([], "Also mirror every event to these trackers: tensorboard, trackio, wandb (each an optional extra: pip install 'smolmac[tensorboard]'); events.jsonl stays the record.")
     stages: list = _f([], "Pipeline stages, each a partial recipe applied over this one (see README).")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and validation data."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA/DoRA adapter."})
@@ -445,6 +449,13 @@ def validate(cfg: Config, source: str = "recipe"):
         raise UserError(f"{source}: 'lora.layers' must be 'all' or a number of last blocks, not {cfg.lora.layers!r}.")
     if isinstance(cfg.lora.targets, str) and cfg.lora.targets != "all-linear":
         raise UserError(f"{source}: 'lora.targets' must be 'all-linear' or a list such as [q_proj, v_proj], not {cfg.lora.targets!r}.")
+    if isinstance(cfg.report_to, str):  # `--set report_to=wandb` means [wandb]
+        cfg.report_to = [cfg.report_to]
+    for name in cfg.report_to:
+        if name not in TRACKERS:
+            raise UserError(f"{source}: 'report_to' takes {', '.join(TRACKERS)}, not {name!r}{did_you_mean(str(name), TRACKERS)}.")
+    if len(set(cfg.report_to)) != len(cfg.report_to):
+        raise UserError(f"{source}: 'report_to' names a tracker twice: {cfg.report_to}.")
     if isinstance(cfg.data.valid, float) and not 0 < cfg.data.valid < 1:
         raise UserError(f"{source}: 'data.valid' as a fraction must be between 0 and 1, not {cfg.data.valid}.")
 

@@ -146,7 +146,7 @@ class LoadedModel:
         from smolmac.combining import combine
 
         for n in names:
-            self.bank._check(n)
+            self.bank.require(n)
         name = name or "+".join(names)
         ad = combine({n: self.bank.adapters[n] for n in names}, weights, method, rank)
         self.bank.add(name, ad, source=f"{method} of {', '.join(names)}")

@@ -170,18 +170,23 @@ def save_model_dir(model: nn.Module, tokenizer, config: dict, out_dir: str | Pat
         config["torch_dtype"] = dtype
     (out / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=2))
     if tokenizer is not None:
-        hf_tok = hf_tokenizer(tokenizer)
-        hf_tok.save_pretrained(str(out))
-        gen = {"do_sample": False}
-        for key in ("bos_token_id", "pad_token_id"):
-            if config.get(key) is not None:
-                gen[key] = config[key]
-        eos = sorted({i for i in [config.get("eos_token_id"), hf_tok.eos_token_id, hf_tok.convert_tokens_to_ids("<|endoftext|>")] if isinstance(i, int) and i >= 0 and i != hf_tok.unk_token_id}) if hasattr(hf_tok, "convert_tokens_to_ids") else config.get("eos_token_id")
-        gen["eos_token_id"] = eos
-        (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        save_tokenizer(tokenizer, config, out)
     for name, text in (extra_files or {}).items():
         (out / name).write_text(text)
     return out
+
+
+def save_tokenizer(tokenizer, config: dict, out: Path):
+    """The tokenizer files and generation_config.json (greedy; every end-of-turn id) into `out`."""
+    hf_tok = hf_tokenizer(tokenizer)
+    hf_tok.save_pretrained(str(out))
+    gen = {"do_sample": False}
+    for key in ("bos_token_id", "pad_token_id"):
+        if config.get(key) is not None:
+            gen[key] = config[key]
+    eos = sorted({i for i in [config.get("eos_token_id"), hf_tok.eos_token_id, hf_tok.convert_tokens_to_ids("<|endoftext|>")] if isinstance(i, int) and i >= 0 and i != hf_tok.unk_token_id}) if hasattr(hf_tok, "convert_tokens_to_ids") else config.get("eos_token_id")
+    gen["eos_token_id"] = eos
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
 
 _LOCAL_HINT = re.compile(r"^(\.|/|~)|^[A-Za-z]:\\")

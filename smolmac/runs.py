@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from smolmac import events as ev
+from smolmac import trackers
 from smolmac.config import Config, load_recipe
 from smolmac.errors import UserError
 
@@ -113,12 +114,19 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
     m = method(cfg.method)
     if not m.trains and resume and m.load().finished(run_dir):
         return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # nothing to redo
+    trackers.require(cfg.report_to)  # a missing tracker package fails before anything is written
     cfg = open_run_dir(cfg, run_dir, resume)
-    with ev.EventLog(run_dir / "events.jsonl", on_event) as log:  # a failure becomes an error event
-        if not m.trains:
-            m.load().train_stage(cfg, run_dir, log)
-            return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))
-        return _run(cfg, run_dir, resume, log, stop)
+    mirror = trackers.mirror(cfg, run_dir)  # report_to of the recipe the run uses (the saved one on resume)
+    try:
+        # events.jsonl first, then the caller's callback, then the trackers (report_to)
+        with ev.EventLog(run_dir / "events.jsonl", trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
+            if not m.trains:
+                m.load().train_stage(cfg, run_dir, log)
+                return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))
+            return _run(cfg, run_dir, resume, log, stop)
+    finally:
+        if mirror is not None:
+            mirror.close()
 
 
 def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:

@@ -29,7 +29,7 @@ async def test_one_column_per_adapter_and_the_base_loaded_once(tmp_path):
         await pilot.pause()
         screen = app.screen
         assert [(p.side, p.border_title) for p in screen.query(Transcript)] == [
-            ("base", "base model"), ("adapter", "with adapter math"), ("adapter-2", "with adapter style")]
+            ("base", "base model"), ("adapter", "adapter math"), ("adapter-2", "adapter style")]
         await send(pilot, screen, "hello")
         assert replies(screen) == {"base": "base says: hello (turn 1) ", "adapter": "math says: hello (turn 1) ", "adapter-2": "style says: hello (turn 1) "}
         assert "base 12.50 MB · math 0.25 MB · style 0.25 MB" in _render(app)

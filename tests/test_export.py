@@ -334,3 +334,37 @@ def test_pipeline_dir_exports_its_last_trained_stage(tmp_path, base):
     assert any("pipeline" in m and "1-sft" in m for m in messages)
     ours, theirs = load_file(str(out / "adapters.safetensors")), load_file(str(run / "adapter" / "adapters.safetensors"))
     assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+
+
+def test_peft_export_of_a_qlora_run_names_a_base_transformers_loads(tmp_path, base):
+    """QLoRA: transformers cannot load an MLX 4-bit folder, so the PEFT adapter names the
+    unquantised original when the folder's card records it, or (--with-base) the dequantised
+    base written next to it, or stays as it was with a one-sentence warning."""
+    import torch
+    from mlx_lm import convert
+    from peft import AutoPeftModelForCausalLM
+
+    from smolmac.export import export_run
+
+    qbase = tmp_path / "q4"
+    convert(str(base), str(qbase), quantize=True, q_group_size=32, q_bits=4)
+    run, logits = make_run(tmp_path / "run", qbase, {"targets": "all-linear", "layers": "all", "dora": False})
+
+    messages = []
+    out = export_run(run, "peft", tmp_path / "warned", on_message=messages.append)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(qbase)
+    assert [m for m in messages if "PEFT cannot load it: pass --with-base" in m and m.count(". ") == 0]
+
+    out = export_run(run, "peft", tmp_path / "with-base", with_base=True)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "with-base" / "base").resolve())
+    assert "quantization" not in json.loads((out / "base" / "config.json").read_text())
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    assert np.abs(torch_logits(peft_model) - logits).max() <= TOL  # the dequantised 4-bit weights, exactly
+
+    (qbase / "README.md").write_text(f"---\nbase_model: {base}\nlibrary_name: mlx\n---\n")  # as mlx_lm.convert writes it
+    messages = []
+    out = export_run(run, "peft", tmp_path / "original", on_message=messages.append)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    assert any("unquantised original" in m for m in messages)
+    AutoPeftModelForCausalLM.from_pretrained(str(out))  # loads: the original is a float model

@@ -635,3 +635,29 @@ async def test_end_to_end_real_run_from_new_run_screen(tmp_path, monkeypatch, ti
         await wait_for(pilot, lambda: not app.screen.busy)
         shown = "\n".join(app.screen.transcript)
         assert "adapter_model.safetensors" in shown and "library_name: peft" in shown, shown
+
+
+async def test_export_screen_offers_gguf_with_the_size_it_will_write(tmp_path, monkeypatch, tiny_model):
+    """The formats come from the engine's registry; choosing GGUF offers its types (q8_0, q4_0),
+    a .gguf destination and an estimate of the size, and Ctrl+E writes that file."""
+    from test_export import make_run
+
+    monkeypatch.chdir(tmp_path)
+    make_run(tmp_path / "runs" / "tuned", tiny_model, {"targets": ["q_proj", "v_proj"], "layers": "all", "dora": False})
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("e")
+        await pilot.pause()
+        screen = app.screen
+        formats = {value for _, value in screen.query_one("#export-format")._options}
+        assert {"gguf", "ollama", "gguf-lora", "mlx-q4", "mlx-q8"} <= formats
+        await wait_for(pilot, lambda: "for peft" in _render(app))
+        screen.query_one("#export-format").value = "gguf"
+        await wait_for(pilot, lambda: "for gguf" in _render(app))
+        assert screen.query_one("#export-out").value == str(Path("exports") / "tuned-gguf.gguf")
+        assert {"f16", "q8_0", "q4_0"} <= {value for _, value in screen.query_one("#export-dtype")._options}
+        screen.query_one("#export-dtype").value = "q4_0"
+        await pilot.press("ctrl+e")
+        out = tmp_path / "exports" / "tuned-gguf.gguf"
+        await wait_for(pilot, lambda: not screen.busy and out.is_file())
+        assert out.read_bytes()[:4] == b"GGUF" and " KB written." in "\n".join(screen.transcript)

@@ -87,7 +87,7 @@ def card_info(src, fmt: str, dtype: str | None = None) -> dict:
 
     Args:
         src: a `smolmac.export.Source` (run dir and/or adapter).
-        fmt: "peft", "hf" or "mlx".
+        fmt: a key of smolmac.export.EXPORTERS ("peft", "hf", "mlx", "ollama", ...).
         dtype: the export dtype, if one was forced.
     """
 

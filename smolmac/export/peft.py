@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -47,8 +48,40 @@ def write_adapter(ad: Adapter, out: Path, dtype: str | None = None) -> Path:
     return out
 
 
-def write(src, out: Path, dtype: str | None, say) -> Path:
-    return write_adapter(src.adapter, out, dtype)
+def write(src, out: Path, dtype: str | None, say, with_base: Path | None = None) -> Path:
+    """The adapter; for a quantised (QLoRA) base, `base_model_name_or_path` names a base that
+    transformers loads: the unquantised original when known, else (with_base) the dequantised
+    base written to `out/base`, else the quantised one with a warning."""
+    from smolmac.export.sources import quantized_base
+
+    ad = src.adapter
+    found = quantized_base(ad, src)
+    if found is None:
+        if with_base:
+            say("--with-base: the base model is not quantised, so PEFT loads it as it is; no base written.")
+        return write_adapter(ad, out, dtype)
+    base, original = found
+    if original:
+        say(f"the base {base} is quantised (MLX), which transformers cannot load: the adapter names its unquantised original, {original}.")
+        return write_adapter(replace(ad, base=original), out, dtype)
+    if with_base is None:
+        say(f"the base {base} is quantised (MLX) and its unquantised original is not recorded, so PEFT cannot load it: pass --with-base to write the dequantised base next to the adapter, or set base_model_name_or_path to the original.")
+        return write_adapter(ad, out, dtype)
+    _write_base(src, ad, out / "base", say)
+    say(f"wrote the dequantised base to {with_base}; the adapter points there.")
+    return write_adapter(replace(ad, base=str(with_base)), out, dtype)
+
+
+def _write_base(src, ad: Adapter, folder: Path, say):
+    from mlx_lm.utils import dequantize_model
+
+    from smolmac.export.hf import _native_dtype
+    from smolmac.export.sources import load_base
+    from smolmac.models import save_model_dir
+
+    model, tok, config, _ = load_base([ad.base_path, ad.base, src.base], str(src.path))
+    dequantize_model(model)
+    save_model_dir(model, tok, config, folder, dtype=_native_dtype(config))
 
 
 def usage(info: dict, ref: str, base: str, local: str, fetch: str) -> str:

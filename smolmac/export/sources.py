@@ -94,3 +94,43 @@ def load_base(spec_candidates, what: str):
     if spec is None:
         raise UserError(f"{what}: the base model is not recorded; export from the run directory, or re-save the adapter with its base model.")
     return load_model(str(spec), "float32")
+
+
+def _model_dir(spec) -> Path | None:
+    """A model's local directory: a path, or a Hub id already in the HF cache (no download)."""
+    if not spec:
+        return None
+    path = Path(str(spec)).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(str(spec), "config.json")
+    except HFValidationError:
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def quantized_base(ad: Adapter, src: Source) -> tuple[str, str | None] | None:
+    """(the base, its unquantised original or None) when the adapter's base is an MLX-quantised
+    model (QLoRA); None for a float base. The original is the `base_model` of the folder's model
+    card, which `mlx_lm.convert` writes when it quantises a Hub model."""
+    import json
+
+    from huggingface_hub.repocard import metadata_load
+
+    for spec in (ad.base_path, ad.base, src.base):
+        folder = _model_dir(spec)
+        if folder is None:
+            continue
+        config = json.loads((folder / "config.json").read_text())
+        if not (config.get("quantization") or config.get("quantization_config")):
+            return None
+        original = None
+        if (folder / "README.md").is_file():
+            found = (metadata_load(folder / "README.md") or {}).get("base_model")
+            original = (found[0] if isinstance(found, list) and found else found) or None
+        return ad.base or str(spec), original
+    return None

@@ -3,7 +3,8 @@ pair batches, and reference log-probs; methods/dpo.py and methods/orpo.py add th
 
 Rows are `{prompt, chosen, rejected}` (strings or message lists) or the implicit
 `{chosen, rejected}` (the prompt is their longest common prefix). A pair is two token rows that
-share the prompt; the loss masks cover the completion only, end-of-turn token included.
+share the prompt; the loss masks cover the completion only: up to and including the end-of-turn
+token (`tokenization: smolmac`), or exactly TRL's completion tokens (`tokenization: trl`).
 
 The DPO reference is the same weights with the adapters taken out (or, for full fine-tuning,
 the initial weights): its summed completion log-probs are computed once per pair before
@@ -89,7 +90,9 @@ def split_row(row: dict) -> tuple[list[dict] | str, list[dict] | str, list[dict]
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenisation
+# Tokenisation: `smolmac` (our own) or `trl` (TRL 1.16's exact tokens), per dpo/orpo.tokenization
+
+TOKENIZATIONS = ("smolmac", "trl")
 
 
 def _encode(hf, text: str) -> list[int]:
@@ -125,20 +128,108 @@ def encode_side(tokenizer, prompt, completion, conversational: bool, tools=None)
     return Example(np.asarray(ids, dtype=np.int32), mask)
 
 
-def tokenize_pairs(tokenizer, rows: list[dict], max_len: int) -> tuple[list[tuple[Example, Example]], dict]:
-    """Tokenise preference rows into (chosen, rejected) examples of at most max_len + 1 tokens.
+def _example(ids: list[int], n_prompt: int) -> Example:
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[n_prompt:] = True
+    return Example(np.asarray(ids, dtype=np.int32), mask)
 
-    Identical pairs are skipped and prompts of more than max_len tokens dropped (both counted);
-    longer completions are cut at the end, keeping the prompt's start (counted as truncated).
-    Returns (pairs, counts).
+
+def encode_pair_trl_dpo(tokenizer, prompt, chosen, rejected, conversational: bool, tools=None) -> tuple[Example, Example]:
+    """(chosen, rejected) exactly as TRL 1.16's `DPOTrainer._prepare_dataset` tokenises them.
+
+    Chat: the prompt (with the generation prompt) and prompt + reply are rendered and tokenised
+    without special tokens; everything after the prompt is trained, the template's trailing
+    newline included. Plain strings: EOS is appended to each reply as text (unless already
+    there), then prompt and prompt + reply are tokenised with the tokenizer's own special tokens
+    (a BOS where the tokenizer adds one). The prompt is the longest token prefix shared with
+    both sides (TRL's `common_prefix_length`), so both masks start at the same position.
     """
     hf = hf_tokenizer(tokenizer)
+    if conversational:
+        def enc(msgs, gen=False):
+            return _encode(hf, data.render(tokenizer, msgs, add_generation_prompt=gen, tools=tools))
+
+        p, pc, pr = enc(prompt, True), enc(prompt + chosen), enc(prompt + rejected)
+    else:
+        eos = hf.eos_token or ""
+        chosen, rejected = (s if s.endswith(eos) else s + eos for s in (chosen, rejected))
+
+        def enc(text):
+            return list(hf(text)["input_ids"])
+
+        p, pc, pr = enc(prompt), enc(prompt + chosen), enc(prompt + rejected)
+    n = min(_common_prefix(p, pc), _common_prefix(p, pr))
+    return _example(pc, n), _example(pr, n)
+
+
+def _trl_chat_text(tokenizer, prompt, chosen, rejected, tools=None) -> tuple[str, str, str]:
+    """TRL's `maybe_apply_chat_template` for a preference row: (prompt, chosen, rejected) text.
+
+    The prompt ends with the generation prompt (or continues a final assistant message); each
+    reply is the rest of the rendered conversation, the template's trailing newline included.
+    """
+    hf = hf_tokenizer(tokenizer)
+    last = prompt[-1]["role"] if prompt else "user"
+    p = hf.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=last != "assistant",
+                               continue_final_message=last == "assistant")
+    pc, pr = data.render(tokenizer, prompt + chosen, tools=tools), data.render(tokenizer, prompt + rejected, tools=tools)
+    p = p[: _common_prefix(p, pc)]
+    p = p[: _common_prefix(p, pr)]
+    return p, pc[len(p):], pr[len(p):]
+
+
+def encode_pair_trl_orpo(tokenizer, prompt, chosen, rejected, conversational: bool, tools=None) -> tuple[Example, Example]:
+    """(chosen, rejected) exactly as TRL 1.16's `ORPOTrainer.tokenize_row` tokenises them.
+
+    Chat rows become text first (`_trl_chat_text`). Prompt and prompt + reply are tokenised
+    without special tokens; the reply starts after the prompt's tokens (one earlier when the
+    last prompt token merged with the reply). BOS is prepended when the tokenizer has one and
+    the sequence does not start with it, and EOS appended when the reply does not end with it
+    (a ChatML reply thus ends `<|im_end|>`, newline, `<|im_end|>`).
+    """
+    hf = hf_tokenizer(tokenizer)
+    if conversational:
+        prompt, chosen, rejected = _trl_chat_text(tokenizer, prompt, chosen, rejected, tools)
+    p = _encode(hf, prompt)
+    bos, eos = hf.bos_token_id, hf.eos_token_id
+    out = []
+    for reply in (chosen, rejected):
+        full = _encode(hf, prompt + reply)
+        start = len(p) if full[: len(p)] == p else len(p) - 1
+        head, tail = full[:start], full[start:]
+        if bos is not None and (not head or head[0] != bos):
+            head = [bos] + head
+        if eos is not None and (not tail or tail[-1] != eos):
+            tail = tail + [eos]
+        out.append(_example(head + tail, len(head)))
+    return out[0], out[1]
+
+
+def tokenize_pairs(tokenizer, rows: list[dict], max_len: int, tokenization: str = "smolmac",
+                   method: str = "dpo") -> tuple[list[tuple[Example, Example]], dict]:
+    """Tokenise preference rows into (chosen, rejected) examples.
+
+    Args:
+        tokenization: "smolmac" (`encode_side`; plain strings become a user and an assistant
+            turn when the tokenizer has a chat template) or "trl" (TRL's tokens for `method`:
+            `encode_pair_trl_dpo` or `encode_pair_trl_orpo`; plain strings stay plain).
+        method: "dpo" or "orpo" (only used by "trl").
+    Identical pairs are skipped and prompts of more than max_len tokens dropped (both counted).
+    Longer sequences are cut at the end, keeping the prompt's start (counted as truncated), to
+    max_len + 1 tokens (max_len inputs) or, for "trl", to max_len tokens like TRL's max_length
+    (which also drops prompts of max_len tokens). Returns (pairs, counts).
+    """
+    if tokenization not in TOKENIZATIONS:
+        raise UserError(f"{method}.tokenization: must be one of {', '.join(TOKENIZATIONS)}, not {tokenization!r}.")
+    hf = hf_tokenizer(tokenizer)
     has_template = bool(getattr(hf, "chat_template", None))
+    trl = tokenization == "trl"
+    limit = max_len if trl else max_len + 1
     pairs, counts = [], {"identical": 0, "long_prompt": 0, "truncated": 0}
     for row in rows:
         where = row.get(WHERE, "data")
         prompt, chosen, rejected, conversational = split_row(row)
-        if not conversational and has_template:  # strings become a user turn and an assistant turn, as in SFT
+        if not trl and not conversational and has_template:  # strings become a user turn and an assistant turn, as in SFT
             prompt = [{"role": "user", "content": prompt}] if prompt else []
             chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
             conversational = True
@@ -147,21 +238,25 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_len: int) -> tuple[list[tupl
         if chosen == rejected:
             counts["identical"] += 1
             continue
-        c = encode_side(tokenizer, prompt, chosen, conversational, row.get("tools"))
-        r = encode_side(tokenizer, prompt, rejected, conversational, row.get("tools"))
+        if trl:
+            encode = encode_pair_trl_orpo if method == "orpo" else encode_pair_trl_dpo
+            c, r = encode(tokenizer, prompt, chosen, rejected, conversational, row.get("tools"))
+        else:
+            c = encode_side(tokenizer, prompt, chosen, conversational, row.get("tools"))
+            r = encode_side(tokenizer, prompt, rejected, conversational, row.get("tools"))
         if not (c.mask.any() and r.mask.any()):
             raise UserError(f"{where}: a reply renders to no tokens after the prompt; check the chat template or drop the row.")
         n_prompt = min(int(np.argmax(c.mask)), int(np.argmax(r.mask)))
-        if n_prompt > max_len:
+        if n_prompt > limit - 1:
             counts["long_prompt"] += 1
             continue
         if len(c.tokens) == len(r.tokens) and np.array_equal(c.tokens, r.tokens):
             counts["identical"] += 1
             continue
-        if max(len(c.tokens), len(r.tokens)) > max_len + 1:
+        if max(len(c.tokens), len(r.tokens)) > limit:
             counts["truncated"] += 1
-            c = Example(c.tokens[: max_len + 1], c.mask[: max_len + 1])
-            r = Example(r.tokens[: max_len + 1], r.mask[: max_len + 1])
+            c = Example(c.tokens[:limit], c.mask[:limit])
+            r = Example(r.tokens[:limit], r.mask[:limit])
         pairs.append((c, r))
     return pairs, counts
 
@@ -257,10 +352,11 @@ def cached_reference(model, batches: PairBatches, path: Path, model_id: str) -> 
 
 
 def build_pairs(tokenizer, rows: list[dict], cfg) -> tuple[PairBatches | None, dict]:
-    """Pair batches of `rows` with the recipe's batch size, length and seed (None if no pair is
-    usable), and the counts of skipped, dropped and truncated rows."""
+    """Pair batches of `rows` with the recipe's batch size, length, seed and the method's
+    tokenization (None if no pair is usable), and the counts of skipped, dropped and truncated rows."""
     t = cfg.train
-    pairs, counts = tokenize_pairs(tokenizer, rows, t.max_seq_len)
+    tokenization = getattr(getattr(cfg, cfg.method, None), "tokenization", "smolmac")  # dpo/orpo.tokenization
+    pairs, counts = tokenize_pairs(tokenizer, rows, t.max_seq_len, tokenization, cfg.method)
     if not pairs:
         return None, counts
     return PairBatches(pairs, t.batch_size, t.max_seq_len, t.seed, pad_id(tokenizer), counts["truncated"]), counts

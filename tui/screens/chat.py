@@ -26,6 +26,7 @@ from textual.screen import Screen
 from textual.widgets import Checkbox, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from smolmac.errors import UserError
 from smolmac.tui.i18n import t
 from smolmac.tui.messages import ChatFinished, ChatPiece, ChatStatus
 
@@ -136,7 +137,8 @@ class Transcript(VerticalScroll):
 
 
 class ChatScreen(Screen):
-    """Prompt at the bottom, one or two transcripts above, sampling settings at the top."""
+    """Prompt at the bottom, one transcript per column (the base, each adapter) above, model,
+    adapters and sampling settings at the top."""
 
     BINDINGS = [
         Binding("escape", "back", t("Back")),
@@ -193,7 +195,7 @@ class ChatScreen(Screen):
             yield Transcript("base", self.titles.get("base", t("base model")), id="pane-base")
             try:
                 self.columns = adapter_columns(self.run_dir or "")
-            except Exception:  # a bad field shows its error when a message is sent
+            except UserError:  # a bad field shows its error when a message is sent
                 self.columns = []
             yield from self._adapter_panes()
         yield Static(id="chat-status", classes="hint")
@@ -226,7 +228,7 @@ class ChatScreen(Screen):
         if name in self.titles:
             return self.titles[name]
         single = len(self.columns) == 1 and "=" not in (self.run_dir or "")
-        return t("with the run's adapter") if single else t("with adapter {name}", name=name)
+        return t("with the run's adapter") if single else t("adapter {name}", name=name)
 
     def _adapter_panes(self) -> list[Transcript]:
         return [Transcript(side, self._title(name), id=f"pane-{side}") for side, name, _ in self.columns]
@@ -306,10 +308,8 @@ class ChatScreen(Screen):
         self.run_dir = self.query_one("#chat-run", Input).value.strip()
         try:
             columns = adapter_columns(self.run_dir)
-        except Exception as e:
-            from smolmac.tui.dialogs.error import describe_error
-
-            self.app.show_error(describe_error(e))
+        except UserError as e:
+            self.app.show_error(str(e))
             return
         mode = self.mode()
         if mode != "base" and not columns:

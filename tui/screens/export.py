@@ -1,5 +1,6 @@
-"""Export a run (PEFT adapter, fused Hugging Face model, mlx-lm adapter) and upload it to the
-Hub, with a dry-run preview of the files and the model card.
+"""Export a run in any format of the engine's registry (PEFT adapter, fused Hugging Face model,
+mlx-lm adapter, GGUF for llama.cpp/LM Studio, Ollama folder, GGUF LoRA, 4/8-bit MLX), showing the
+size it will write, and upload it to the Hub, with a dry-run preview of the files and the card.
 
 The engine does the work (smolmac.export.export_run, smolmac.hub.upload), imported inside a
 thread worker; its progress lines come back as JobLog messages, failures as an error modal.
@@ -25,7 +26,18 @@ from smolmac.tui.i18n import t
 from smolmac.tui.messages import JobDone, JobLog
 
 FORMATS = tuple((name, e.help) for name, e in EXPORTERS.items())  # from the engine's registry
-DTYPES = ("float32", "float16", "bfloat16")
+
+
+def dtype_choices(fmt: str) -> list[str]:
+    """What the dtype field offers for a format: its --dtype values, plus for GGUF models the
+    --quantize types the gguf package can write."""
+    kind = EXPORTERS[fmt]
+    choices = list(kind.dtypes)
+    if "quantize" in kind.options:
+        from smolmac.export.gguf_file import writable_types
+
+        choices += [q for q in writable_types() if q not in choices]
+    return choices
 
 
 class ExportScreen(Screen):
@@ -56,7 +68,10 @@ class ExportScreen(Screen):
                 yield Select([(f"{key}: {t(label)}", key) for key, label in FORMATS], value="peft", allow_blank=False, id="export-format", compact=True)
             with Horizontal(classes="field-row"):
                 yield Label("dtype")
-                yield Select([(t("as trained"), "")] + [(d, d) for d in DTYPES], value="", allow_blank=False, id="export-dtype", compact=True)
+                yield Select([(t("as trained"), "")] + [(d, d) for d in dtype_choices("peft")], value="", allow_blank=False, id="export-dtype", compact=True)
+            with Horizontal(classes="field-row"):
+                yield Label(t("size"))
+                yield Static("", id="export-size")
             with Horizontal(classes="field-row"):
                 yield Label(t("destination"))
                 yield Input(id="export-out", compact=True)
@@ -86,18 +101,57 @@ class ExportScreen(Screen):
 
     def on_mount(self) -> None:
         self._default_destination()
+        self._estimate()
 
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "export-format":
+            dtype = self.query_one("#export-dtype", Select)
+            keep = dtype.value
+            choices = dtype_choices(event.value)
+            dtype.set_options([(t("as trained"), "")] + [(d, d) for d in choices])
+            dtype.value = keep if keep in choices else ""
         if event.select.id in ("export-run", "export-format"):
             self._default_destination()
+        self._estimate()
 
     def _default_destination(self) -> None:
         run = self.query_one("#export-run", Select).value
         fmt = self.query_one("#export-format", Select).value
         if run is not Select.NULL:
+            suffix = EXPORTERS[fmt].suffix or ""
             parent = Path(run).parent  # a pipeline's stage: named after both
             name = f"{parent.name}-{Path(run).name}" if (parent / "events.jsonl").is_file() else Path(run).name
-            self.query_one("#export-out", Input).value = str(Path("exports") / f"{name}-{fmt}")
+            self.query_one("#export-out", Input).value = str(Path("exports") / f"{name}-{fmt}{suffix}")
+
+    def _choice(self) -> dict:
+        """The form as export_run's arguments (a --quantize type goes as quantize, not dtype)."""
+        fmt = self.query_one("#export-format", Select).value
+        value = self.query_one("#export-dtype", Select).value or None
+        quantize = value if value and value not in EXPORTERS[fmt].dtypes else None
+        return {"fmt": fmt, "dtype": None if quantize else value, "quantize": quantize}
+
+    def _estimate(self) -> None:
+        run = self.query_one("#export-run", Select).value
+        if run is Select.NULL:
+            self.query_one("#export-size", Static).update("")
+            return
+        self.query_one("#export-size", Static).update(t("estimating…"))
+        self.estimate_size(run, self._choice())
+
+    @work(thread=True, exclusive=True, group="size", exit_on_error=False)
+    def estimate_size(self, run: str, choice: dict) -> None:
+        try:
+            from smolmac.export.sizes import estimate, human_size
+
+            size = estimate(run, choice["fmt"], choice["dtype"], choice["quantize"])
+            text = t("≈ {size} for {fmt}", size=human_size(size), fmt=choice["fmt"]) if size is not None else t("unknown: the base model is not on this machine")
+        except Exception as e:  # an estimate must never take the screen down; the export will say more
+            text = t("unknown ({error})", error=str(e))
+        self.app.call_from_thread(self._show_size, text)
+
+    def _show_size(self, text: str) -> None:
+        if self.is_mounted:  # the screen may have been closed while the estimate ran
+            self.query_one("#export-size", Static).update(text)
 
     def log_line(self, text: str) -> None:
         self.transcript.append(text)
@@ -120,7 +174,7 @@ class ExportScreen(Screen):
         if job == "export":
             from smolmac.export import export_run
 
-            result = export_run(kwargs["run_dir"], kwargs["fmt"], kwargs["out"], dtype=kwargs["dtype"], overwrite=kwargs["overwrite"], on_message=say)
+            result = export_run(kwargs["run_dir"], kwargs["fmt"], kwargs["out"], dtype=kwargs["dtype"], quantize=kwargs["quantize"], overwrite=kwargs["overwrite"], on_message=say)
         else:
             from smolmac.hub import upload
 
@@ -156,14 +210,16 @@ class ExportScreen(Screen):
         if not out:
             self.app.show_error(t("export: give a destination folder."))
             return
-        dtype = self.query_one("#export-dtype", Select).value or None
-        fmt = self.query_one("#export-format", Select).value
-        self.log_line(Text(t("exporting {run} as {fmt} to {out}…", run=Path(run).name, fmt=fmt, out=out)).plain)
-        self._start("export", run_dir=run, fmt=fmt, out=out, dtype=dtype, overwrite=self.query_one("#export-overwrite", Switch).value)
+        choice = self._choice()
+        self.log_line(Text(t("exporting {run} as {fmt} to {out}…", run=Path(run).name, fmt=choice["fmt"], out=out)).plain)
+        self._start("export", run_dir=run, out=out, overwrite=self.query_one("#export-overwrite", Switch).value, **choice)
 
     def _upload_args(self) -> dict | None:
         out = self.query_one("#export-out", Input).value.strip()
         repo = self.query_one("#export-repo", Input).value.strip()
+        if out and Path(out).is_file():
+            self.app.show_error(t("upload: {out} is a single file; the Hub upload takes an export folder (the ollama format holds the GGUF in one).", out=out))
+            return None
         if not out or not Path(out).is_dir():
             self.app.show_error(t("upload: export the run first (Ctrl+E); {out} is not an export folder yet.", out=out or "-"))
             return None
