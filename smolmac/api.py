@@ -161,7 +161,8 @@ def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=
 
 def runs(runs_dir: str | Path = "runs") -> list[dict]:
     """`smolmac runs`: summaries of every run in `runs_dir`, newest first (dir, name, status,
-    method, model, step, total_steps, loss, alive, error)."""
+    method, model, step, total_steps, loss, alive, error; a pipeline also has `current` and
+    `stages`, one summary per stage, and counts finished stages as its steps)."""
     from smolmac.launcher import Launcher, list_runs
 
     return list_runs(runs_dir, Launcher())
