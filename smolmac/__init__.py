@@ -17,10 +17,15 @@ recipes): the modules are made callable, and calling one runs the API function.
 """
 
 import importlib
+import os
 import sys
 import types
 
-from smolmac import _blas
+# transformers prints an advisory "PyTorch was not found..." on import when torch is absent (the
+# usual smolmac install: MLX only); advisories only, its real warnings still show.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from smolmac import _blas  # noqa: E402
 
 _blas.load()
 

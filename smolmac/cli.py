@@ -4,6 +4,8 @@
     smolmac train recipes/quickstart.yaml    # train from a recipe (progress bar)
     smolmac train RECIPE --set train.lr=1e-4 --run-dir runs/x [--json | --quiet]
     smolmac train --resume runs/x            # continue from the last checkpoint
+    smolmac train RECIPE --nproc 2           # data parallel: 2 processes (or --hostfile hosts.json)
+    smolmac launch-check --hostfile hosts.json RECIPE   # can every host run it?
     smolmac generate --model M [--adapter runs/x] --prompt "Hi"
     smolmac generate --model M --adapter math=runs/a --adapter style=runs/b --use math --prompt "Hi"
     smolmac export runs/x --format peft|hf|mlx|mlx-q4|mlx-q8|ollama --to out/ [--dtype bfloat16]
@@ -30,8 +32,31 @@ from pathlib import Path
 from smolmac.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-sentence errors of the rest of smolmac (no usage block)."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`.", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind, lo=None, hi=None, lo_open=False):
+    """An argparse type: a number of `kind` within [lo, hi] ((lo, hi] when lo_open)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, not {text!r}") from None
+        if value != value or (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+            bounds = f"in {'(' if lo_open else '['}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
+    p = _Parser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
@@ -43,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="Stream events as JSON lines to stdout instead of a progress bar.")
     out.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
     t.add_argument("--help-keys", action="store_true", help="List every recipe key with its default and help, then exit.")
+    t.add_argument("--nproc", type=int, help="Train data-parallel in N processes on this machine (mlx.launch, ring backend).")
+    t.add_argument("--hostfile", help="Train data-parallel across the hosts of this mlx.launch hostfile (JSON), one process each.")
+    t.add_argument("--backend", choices=["ring", "jaccl", "mpi"], help="mx.distributed backend for --hostfile (default: the hostfile's, else ring).")
 
     g = sub.add_parser("generate", help="Stream a completion from a model (optionally with adapters).", description="Load a base model once with any number of named adapters and stream a completion with one of them (or the base).")
     g.add_argument("--model", required=True, help="Hub id or local model directory.")
@@ -50,9 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--use", metavar="NAME", help="Which adapter answers ('none' for the base); needed when several are loaded.")
     g.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
-    g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
-    g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
-    g.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (default 1.0).")
+    g.add_argument("--max-tokens", type=_number(int, 1), default=256, help="Tokens to generate, >= 1 (default 256).")
+    g.add_argument("--temp", type=_number(float, 0), default=0.0, help="Sampling temperature, >= 0; 0 = greedy (default).")
+    g.add_argument("--top-p", type=_number(float, 0, 1, lo_open=True), default=1.0, help="Nucleus sampling threshold in (0, 1] (default 1.0).")
     g.add_argument("--raw", action="store_true", help="Do not apply the chat template.")
 
     from smolmac.export import EXPORTERS
@@ -77,9 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain).")
     b.add_argument("what", choices=["sft", "dpo", "pretrain"], help="Which benchmark.")
     b.add_argument("--size", default="tiny", choices=["tiny", "135m"], help="Model shape (135m needs a GPU or a Mac).")
-    b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
-    b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
+    b.add_argument("--steps", type=_number(int, 1), default=None, help="Measured steps per system, >= 1.")
+    b.add_argument("--batch-size", type=_number(int, 1), default=8, help="Batch size, >= 1 (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
+
+    lc = sub.add_parser("launch-check", help="Check that every host of a hostfile can run a recipe data-parallel.")
+    lc.add_argument("recipe", nargs="?", help="Recipe whose model and data paths every host must see.")
+    lc.add_argument("--hostfile", required=True, help="mlx.launch hostfile (JSON).")
+    lc.add_argument("--backend", choices=["ring", "jaccl", "mpi"], help="Backend to check for (default: the hostfile's, else ring).")
 
     ad = sub.add_parser("adapters", help="Work with adapters: combine several into one.")
     adsub = ad.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -93,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
-    r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
+    r.add_argument("dir", nargs="?", default=None, help="Runs folder (default runs/).")
 
     rc = sub.add_parser("recipes", help="List the recipes `smolmac train NAME` finds: yours in ./recipes, then the shipped ones.")
     rc.add_argument("--dir", default="recipes", help="Your recipes folder (default recipes/).")
@@ -117,8 +150,8 @@ def _parser() -> argparse.ArgumentParser:
 def _print_keys():
     from smolmac.config import field_help
 
-    for key, tp, default, help_ in field_help():
-        print(f"{key:24} {tp:22} default {default!r}\n    {help_}")
+    for key, tp, default, help_, valid in field_help():
+        print(f"{key:24} {tp:22} default {default!r}" + (f"  ({valid})" if valid else "") + f"\n    {help_}")
 
 
 class ProgressView:
@@ -156,18 +189,25 @@ class ProgressView:
                 self.progress.remove_task(self.task)
             if e["method"] in ("pipeline", "tokenizer"):
                 return  # stage lines and the final table say what happens
-            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
+            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f", {e['dtype']}" if e.get("dtype") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
             if e.get("memory_estimate_gb") is not None:
                 log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['memory_budget_gb']:.0f} GB available" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
             if e.get("memory_suggestion"):
                 log(f"[yellow]this may not fit in memory: {e['memory_suggestion']}[/]")
+            if e.get("world_size", 1) > 1:
+                log(f"data parallel: {e['world_size']} processes on {e['hosts']} host{'s' if e['hosts'] > 1 else ''}, {e['gradient_bytes_per_step'] / 1e6:,.2f} MB of gradients all-reduced per step")
             self.task = self.progress.add_task(e["method"], total=e["total_steps"], completed=e["step"], info="")
         elif kind == "train" and self.task is not None:
             info = f"loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_second']:,.0f} tok/s  {e['peak_memory_gb']:.2f} GB"
             self.progress.update(self.task, completed=e["step"], info=info)
         elif kind == "eval":
-            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl") and isinstance(v, (int, float)))
-            log(f"step {e['step']}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}  {extra}")
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl", "stage") and isinstance(v, (int, float)) and not isinstance(v, bool))
+            ppl = f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else ""
+            log(f"step {e['step']}: val loss {e['val_loss']:.4f}{ppl}  {extra}".rstrip())
+        elif kind == "warning":
+            from rich.text import Text
+
+            log(Text.assemble(("warning: ", "yellow"), e["message"]))
         elif kind == "sample":
             log(f"[dim]step {e['step']} sample[/] {e['prompt']!r} → {e['completion']!r}")
         elif kind == "checkpoint":
@@ -182,12 +222,61 @@ class ProgressView:
             log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
 
 
+def _show_json(e):
+    print(json.dumps(e, ensure_ascii=False), flush=True)
+
+
+def _train_process(args, stop) -> int:
+    """One process of a data-parallel group (started by mlx.launch for --nproc/--hostfile):
+    process 0 prints its events as JSON lines for the launcher, the others print nothing.
+
+    It ends with os._exit: everything is written and closed by then, and Python's final garbage
+    collection of a heap holding transformers and mlx-lm takes seconds (measured: 4 s for one
+    process, 13 s for two sharing 2 cores), while the group is done only when all have exited.
+    """
+    import os
+    import traceback
+
+    from smolmac import api, distributed, runs
+
+    run_dir = Path(args.run_dir)
+
+    def run(cfg, rd, resume, main):
+        api.run(cfg, rd, resume=resume, on_event=_show_json if main else None, stop=stop)
+
+    try:
+        code = distributed.run_worker(lambda: (runs.read_config(run_dir), run_dir, bool(args.resume)), run, stop)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints already written are kept.", file=sys.stderr)
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def cmd_train(args) -> int:
     if args.help_keys:
         _print_keys()
         return 0
-    from smolmac import api, runs
+    from smolmac import api, distributed, runs
     from smolmac.config import load_recipe
+
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    if distributed.is_worker():
+        return _train_process(args, stop)
 
     resume = bool(args.resume)
     run_dir = args.resume if isinstance(args.resume, str) else args.run_dir
@@ -203,21 +292,13 @@ def cmd_train(args) -> int:
     else:
         cfg = load_recipe(args.recipe, args.overrides)
     run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
-
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_sigint)
+    if args.backend and not args.hostfile:
+        raise UserError("--backend: applies to --hostfile runs (--nproc always uses the ring backend); add --hostfile HOSTS or drop --backend.")
+    group = {"nproc": args.nproc, "hostfile": args.hostfile, "backend": args.backend}
     if args.json:
-        def show(e):
-            print(json.dumps(e, ensure_ascii=False), flush=True)
-        api.run(cfg, run_dir, resume=resume, on_event=show, stop=stop)
+        api.run(cfg, run_dir, resume=resume, on_event=_show_json, stop=stop, **group)
     elif args.quiet:
-        api.run(cfg, run_dir, resume=resume, stop=stop)
+        api.run(cfg, run_dir, resume=resume, stop=stop, **group)
     else:
         from smolmac import _blas
 
@@ -226,7 +307,7 @@ def cmd_train(args) -> int:
             view.console.print(f"[yellow]{_blas.HINT}[/]")
         view.console.print(f"run dir: {run_dir}")
         with view:
-            api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop)
+            api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop, **group)
         if cfg.stages:
             from smolmac.pipeline import format_stage_table
 
@@ -243,6 +324,8 @@ def cmd_generate(args) -> int:
     from smolmac import api
     from smolmac.adapters import parse_adapter_specs
 
+    if not args.prompt.strip():
+        raise UserError("--prompt: the prompt is empty; give some text, e.g. --prompt \"Hi\".")
     model, specs = args.model, args.adapter
     if len(specs) == 1 and "=" not in specs[0] and (Path(specs[0]) / "model" / "config.json").is_file():
         model, specs = str(Path(specs[0]) / "model"), []  # a full fine-tune run: its model/ is the model
@@ -298,6 +381,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_launch_check(args) -> int:
+    from smolmac.hosts import launch_check
+
+    return 0 if launch_check(args.hostfile, args.recipe, args.backend, on_message=print) == 0 else 1
+
+
 def cmd_runs(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -305,13 +394,20 @@ def cmd_runs(args) -> int:
     from smolmac import api
     from smolmac.pipeline import headline
 
+    folder = Path(args.dir or "runs")
+    if args.dir is not None and not folder.is_dir():
+        raise UserError(f"runs: {folder} {'is a file' if folder.exists() else 'does not exist'}; give the folder that holds your run directories (default runs/).")
+    if not folder.is_dir():
+        print("no runs yet in runs/; start one with `smolmac train RECIPE`.")
+        return 0
+
     def step(r):
         if r["status"] == "pending" or (r.get("method") == "tokenizer" and not r.get("total_steps")):
             return "-"
         return f"{r['step']}/{r['total_steps'] or '?'}"
 
     table = Table("run", "status", "method", "model", "step", "loss", "learned")
-    for r in api.runs(args.dir):
+    for r in api.runs(folder):
         spec = r["model"].get("new") if isinstance(r["model"], dict) else None
         model = f"new {spec.get('preset', 'nano')}" if isinstance(spec, dict) else str(r["model"])  # {new: {preset: micro}}
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else ""
@@ -354,11 +450,15 @@ def cmd_tui(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "adapters": cmd_adapters,
-            "bench": cmd_bench, "runs": cmd_runs, "recipes": cmd_recipes, "inspect": cmd_inspect, "tui": cmd_tui, None: cmd_tui}
+            "bench": cmd_bench, "launch-check": cmd_launch_check, "runs": cmd_runs, "recipes": cmd_recipes, "inspect": cmd_inspect,
+            "tui": cmd_tui, None: cmd_tui}
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 0
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -36,8 +36,10 @@ def evaluate_loss(model, batches, loss_fn, max_batches: int = -1) -> tuple[float
 
 
 def evaluator(cfg, model, tokenizer, task):
-    """`evaluate(step) -> [Event]` for the training loop: an eval event (val loss, perplexity,
-    the method's metrics as eval_*, the task's extras) and greedy samples of eval.prompts."""
+    """`evaluate(step) -> [Event]` for the training loop: an eval event (val loss, perplexity
+    when the loss is a token cross-entropy, the method's metrics as eval_* (DPO/ORPO:
+    eval_rewards/accuracies, eval_rewards/margins, ...), the task's extras) and greedy samples
+    of eval.prompts."""
     from smolmac.generate import generate
 
     def evaluate(step: int) -> list:
@@ -47,7 +49,8 @@ def evaluator(cfg, model, tokenizer, task):
             extra = {f"eval_{k}": round(v, 6) for k, v in metrics.items()}
             if task.evaluate_extra:
                 extra.update(task.evaluate_extra(model))
-            out.append(ev.Eval(step=step, val_loss=round(loss, 6), val_ppl=round(math.exp(min(loss, 50)), 4), extra=extra))
+            ppl = round(math.exp(min(loss, 50)), 4) if task.perplexity else None
+            out.append(ev.Eval(step=step, val_loss=round(loss, 6), val_ppl=ppl, extra=extra))
         model.eval()
         out.extend(ev.Sample(step=step, prompt=p, completion=generate(model, tokenizer, p, max_tokens=cfg.eval.max_tokens))
                    for p in cfg.eval.prompts)
@@ -83,11 +86,11 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_tokens: int = 16, b
     from mlx_lm.models.cache import make_prompt_cache
 
     from smolmac.data import end_of_turn_ids, hf_tokenizer
-    from smolmac.generate import format_prompt
+    from smolmac.generate import prompt_ids
 
     hf = hf_tokenizer(tokenizer)
     stop = set(getattr(tokenizer, "eos_token_ids", None) or []) or end_of_turn_ids(tokenizer)
-    encoded = [hf.encode(format_prompt(tokenizer, p), add_special_tokens=not getattr(hf, "chat_template", None)) for p in prompts]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     out: list[str | None] = [None] * len(prompts)
     by_len: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):

@@ -58,10 +58,19 @@ class Train(Event):
 
 @dataclass
 class Eval(Event):
+    """Validation: `val_loss` (the method's loss), `val_ppl` for language-modelling losses only
+    (absent for DPO/ORPO, whose eval_rewards/* metrics say how the preference is learned)."""
+
     val_loss: float
-    val_ppl: float
+    val_ppl: float | None = None
     extra: dict = field(default_factory=dict)
     type = "eval"
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if d.get("val_ppl") is None:
+            d.pop("val_ppl", None)
+        return d
 
 
 @dataclass
@@ -84,6 +93,19 @@ class Done(Event):
     elapsed_s: float = 0.0
     extra: dict = field(default_factory=dict)
     type = "done"
+
+
+@dataclass
+class Warning(Event):
+    """Something the user should know that does not stop the run, in one line.
+
+    `kind` names the check for tools and tests: "truncated", "untrained_rows", "small_data",
+    "stuck_loss", ...; the CLI prints `message`, the app's dashboard shows it.
+    """
+
+    message: str
+    kind: str = "warning"
+    type = "warning"
 
 
 @dataclass

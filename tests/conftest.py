@@ -34,6 +34,14 @@ def chat_rows(n: int = 48, seed: int = 0) -> list[dict]:
     return rows
 
 
+def clean_env() -> dict:
+    """This environment minus what importing mlx-lm in the test process set (it silences
+    transformers' advisories), so a child process shows what a user's shell would."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

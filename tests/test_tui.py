@@ -23,7 +23,7 @@ from smolmac.events import EventTail
 from smolmac.launcher import Launcher, list_runs
 from smolmac.tui import i18n
 from smolmac.tui.app import SmolmacApp
-from smolmac.tui.view import RunView
+from smolmac.tui.view import RunView, group_label
 
 SIZE = (100, 32)
 T0 = 1_750_000_000.0  # fixed event times: deterministic "Started" column
@@ -342,6 +342,20 @@ async def test_dashboard_follows_a_growing_event_log_then_a_crash(tmp_path, monk
         append(run, [train_event(40, total=40), {"type": "done", "step": 40, "output": "runs/live/adapter", "stopped": False, "time": T0 + 50}])
         await wait_for(pilot, lambda: dash.status == "finished")
         assert "runs/live/adapter" in _render(app)
+
+
+async def test_dashboard_shows_the_processes_and_hosts_of_a_data_parallel_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = {**start_event(total=40), "world_size": 2, "hosts": 2, "gradient_bytes_per_step": 38912}
+    fake_run(tmp_path / "runs", "group", [start, {**train_event(10, total=40), "world_size": 2}])
+    launcher = FakeLauncher()
+    launcher.alive_dirs["group"] = True
+    app = make_app(tmp_path, launcher)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "DashboardScreen" and app.screen.view.step == 10)
+        assert "2 processes on 2 hosts" in _render(app) and "1,234 tok/s" in _render(app)
+    assert group_label(start_event()) is None and group_label({"world_size": 4, "hosts": 1}) == "4 processes on 1 host"
 
 
 async def test_new_run_form_validates_previews_estimates_and_saves(tmp_path, monkeypatch, tiny_model, chat_file):

@@ -258,7 +258,7 @@ async def test_new_pipeline_stages_are_added_moved_checked_saved_and_started(tmp
         keys = form.query_one("#stage-keys")
         keys.value = "{train: {stpes: 5}}"  # a typo: the stage's key is named inline
         await wait_for(pilot, lambda: "stages[2]" in str(form.query_one("#stage-problem").render()))
-        assert "unknown key 'train.stpes'" in str(form.query_one("#stage-problem").render()) and "✗" in str(form.query_one("#problem").render())
+        assert "unknown key 'stages[2].train.stpes'" in str(form.query_one("#stage-problem").render()) and "✗" in str(form.query_one("#problem").render())
         keys.value = "{train: {steps: 5}, orpo: {beta: 0.2}}"
         await wait_for(pilot, lambda: "2 stages, each checked" in str(form.query_one("#stage-problem").render()))
         form.query_one("#stage-name").value = "align"

@@ -138,12 +138,12 @@ def test_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys
 def test_stage_keys_are_checked_with_file_and_line(tmp_path):
     recipe = tmp_path / "p.yaml"
     recipe.write_text("model: m\nstages:\n  - method: sft\n    train: {steps: 3}\n  - method: orpo\n    train:\n      stpes: 3\n")
-    with pytest.raises(UserError, match=r"p.yaml:7: unknown key 'train.stpes' \(did you mean 'steps'\?\)"):
+    with pytest.raises(UserError, match=r"p.yaml:7: unknown key 'stages\[2\].train.stpes' \(did you mean 'steps'\?\)"):
         load_recipe(recipe)
     recipe.write_text("model: m\nstages:\n  - method: sft\n  - {name: x}\n")
     with pytest.raises(UserError, match=r"p.yaml:4: stages\[2\]: each stage must be a mapping with at least 'method'"):
         load_recipe(recipe)
-    with pytest.raises(UserError, match=r"<recipe>: stages\[1\]: unknown key 'lora.rnk' \(did you mean 'rank'\?\)"):
+    with pytest.raises(UserError, match=r"<recipe>: unknown key 'stages\[1\].lora.rnk' \(did you mean 'rank'\?\)"):
         load_recipe({"model": "m", "stages": [{"method": "sft", "lora": {"rnk": 3}}]})
 
 

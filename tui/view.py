@@ -34,6 +34,7 @@ class RunView:
     start: dict | None = None
     done: dict | None = None
     error: str | None = None
+    warnings: list = field(default_factory=list)  # messages of warning events
     samples: deque = field(default_factory=lambda: deque(maxlen=6))
 
     def add(self, e: dict) -> str | None:
@@ -41,6 +42,7 @@ class RunView:
         kind, step = e.get("type"), e.get("step", 0)
         if kind == "start":
             self.start, self.total_steps, self.done, self.error = e, e.get("total_steps"), None, None
+            self.warnings = []
             # A resumed run re-reports from its checkpoint: drop points past it.
             self.train = [p for p in self.train if p[0] <= step]
             self.valid = [p for p in self.valid if p[0] <= step]
@@ -54,7 +56,15 @@ class RunView:
         if kind == "eval":
             self.last_eval = e
             self.valid.append((step, e["val_loss"]))
-            return f"step {step}: val loss {e['val_loss']:.4f}, ppl {e.get('val_ppl', 0):.2f}"
+            if e.get("val_ppl") is not None:
+                return f"step {step}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}"
+            acc = e.get("eval_rewards/accuracies")  # DPO/ORPO: no perplexity, preference metrics
+            margin = e.get("eval_rewards/margins")
+            return f"step {step}: val loss {e['val_loss']:.4f}" + (f", {t('preference accuracy')} {acc:.0%}" if acc is not None else "") + (f", margin {margin:.3f}" if margin is not None else "")
+        if kind == "warning":
+            if e.get("message") not in self.warnings:
+                self.warnings.append(e.get("message"))
+            return f"{t('warning')}: {e.get('message')}"
         if kind == "sample":
             self.samples.append(e)
             return None
@@ -75,6 +85,15 @@ class RunView:
         if self.done:
             return "stopped" if self.done.get("stopped") else "finished"
         return "running" if self.start else "starting"
+
+
+def group_label(start: dict | None) -> str | None:
+    """'2 processes on 1 host' for a data-parallel run (its start event), else None."""
+    n = (start or {}).get("world_size", 1)
+    if n <= 1:
+        return None
+    hosts = start.get("hosts", 1)
+    return t("{n} processes on 1 host", n=n) if hosts == 1 else t("{n} processes on {hosts} hosts", n=n, hosts=hosts)
 
 
 def fmt_duration(seconds: float | None) -> str:

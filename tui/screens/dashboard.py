@@ -1,5 +1,6 @@
-"""Dashboard of one run (or one stage of a pipeline): live loss chart, lr, tok/s, memory, progress
-and ETA, samples, events.
+"""Dashboard of one run (or one stage of a pipeline): live loss chart, lr, tok/s (of the whole
+group for a data-parallel run, with its processes and hosts), memory, progress and ETA, samples,
+events.
 
 The screen tails DIR/events.jsonl twice a second; a run whose process is gone without a final
 event is shown as failed with the last line it printed. A stage's process is its pipeline's, so
@@ -20,7 +21,7 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
 from smolmac.events import EventTail
 from smolmac.launcher import CRASHED, last_log_line
 from smolmac.tui.i18n import t
-from smolmac.tui.view import RunView, fmt_duration, status_text
+from smolmac.tui.view import RunView, fmt_duration, group_label, status_text
 from smolmac.tui.widgets.loss_chart import LossChart
 
 
@@ -103,6 +104,9 @@ class DashboardScreen(Screen):
         total = v.total_steps
         step = f"{t('step')} {v.step}/{total}" if total else f"{t('step')} {v.step}"
         cells = [step]
+        group = group_label(v.start)  # data parallel: smolmac train --nproc/--hostfile
+        if group:
+            cells.append(group)
         if last:
             cells.append(f"{t('loss')} {last['loss']:.4f}")
         if v.last_eval:
@@ -119,6 +123,9 @@ class DashboardScreen(Screen):
             stats.append(error)
         elif v.done:
             stats.append("\n" + t("Output") + f": {v.done.get('output')}", style="yellow" if v.done.get("stopped") else "green")
+        for warning in v.warnings[-2:]:  # the latest; the event log below has them all
+            stats.append("\n" + t("warning") + ": ", style="bold yellow")
+            stats.append(warning, style="yellow")
         self.query_one("#dash-stats", Static).update(stats)
         bar = self.query_one("#dash-progress", ProgressBar)
         bar.update(total=total or None, progress=v.step)

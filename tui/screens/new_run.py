@@ -238,7 +238,8 @@ class NewRunScreen(Screen):
         elif key:
             spec = SPECS[key]
             default = "" if spec.default is None else f"  ({t('default')}: {spec.default!r})"
-            self.query_one("#help", Static).update(Text.assemble((key, "bold"), ": ", t(spec.help), (default, "dim")))
+            valid = f"  [{t('accepts')}: {spec.valid}]" if spec.valid and not spec.choices else ""
+            self.query_one("#help", Static).update(Text.assemble((key, "bold"), ": ", t(spec.help), (default, "dim"), (valid, "dim")))
 
     def load_recipe(self, path: str) -> None:
         """Fill the form from a recipe file ('' = defaults)."""

@@ -30,6 +30,7 @@ class FieldSpec:
     default: Any
     help: str
     choices: tuple | None = None
+    valid: str = ""  # the values it takes beyond its type, e.g. "> 0" (smolmac.config)
 
     @property
     def is_bool(self) -> bool:
@@ -52,13 +53,13 @@ def field_specs() -> dict[str, FieldSpec]:
     for f in dataclasses.fields(C.Config):
         if f.name in C.SECTIONS or f.name == "stages":
             continue
-        out[f.name] = FieldSpec(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata.get("choices"))
+        out[f.name] = FieldSpec(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata.get("choices"), C.valid_values(f))
     for section, cls in C.SECTIONS.items():
         hints = typing.get_type_hints(cls)
         inst = cls()
         for f in dataclasses.fields(cls):
             key = f"{section}.{f.name}"
-            out[key] = FieldSpec(key, hints[f.name], getattr(inst, f.name), f.metadata["help"], f.metadata.get("choices"))
+            out[key] = FieldSpec(key, hints[f.name], getattr(inst, f.name), f.metadata["help"], f.metadata.get("choices"), C.valid_values(f))
     return out
 
 
@@ -178,7 +179,8 @@ def check(values: dict[str, Any], extra: dict | None = None) -> tuple[C.Config |
     try:
         cfg = C.apply_mapping(C.Config(), mapping, "form")
         C.validate(cfg, "form")
-        if cfg.stages:  # each stage as the pipeline resolves it, from the form's keys
+        C.check_stages(cfg, "form")  # each stage's keys, as a recipe file's stages are checked
+        if cfg.stages:  # and each stage as the pipeline resolves it (shipped data paths, chain)
             from smolmac.pipeline import stage_config
 
             base = cfg.to_dict()

@@ -1,6 +1,6 @@
 """The stages of a pipeline as an editable list (New run's Stages tab): add, remove and reorder
 stages; each is a method plus the recipe keys it overrides (a YAML mapping), checked as a recipe
-file's stages are (smolmac.config.check_stage, then the chain as the pipeline resolves it).
+file's stages are (smolmac.config.check_stages, then the chain as the pipeline resolves it).
 """
 
 from __future__ import annotations
