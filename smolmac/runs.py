@@ -278,12 +278,20 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
 
 
 def read_run(run_dir: str | Path) -> dict:
-    """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss."""
+    """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss.
+
+    A pipeline (a config with `stages:`) is summarised as method "pipeline" with `stages`, one
+    summary per stage (its own run dir `<i>-<name>/`, or status "pending" before it starts) plus
+    the stage's `metrics` (what it learned); `step`/`total_steps` count finished stages, and
+    `current` names the stage that runs now (or stopped/failed), whose last loss is `loss`.
+    """
     run_dir = Path(run_dir)
     events = ev.read_events(run_dir / "events.jsonl")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = cfg if isinstance(cfg, dict) else {}
     start = next((e for e in events if e["type"] == "start"), None)
     last_train = next((e for e in reversed(events) if e["type"] == "train"), None)
+    last_eval = next((e for e in reversed(events) if e["type"] == "eval"), None)
     last = events[-1] if events else None
     if last is None:
         status = "new"
@@ -293,9 +301,47 @@ def read_run(run_dir: str | Path) -> dict:
         status = "failed"
     else:
         status = "running"
-    return {
+    info = {
         "dir": str(run_dir), "status": status, "method": cfg.get("method"), "model": cfg.get("model"),
-        "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
-        "loss": (last_train or {}).get("loss"), "started": (events[0]["time"] if events else None),
+        "full": bool(cfg.get("full")), "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
+        "loss": (last_train or {}).get("loss"), "val_loss": (last_eval or {}).get("val_loss"),
+        "started": (events[0]["time"] if events else None),
         "error": last.get("message") if last and last["type"] == "error" else None,
+    }
+    if cfg.get("stages") or (start or {}).get("method") == "pipeline":
+        own_error = info["error"]
+        info.update(_read_pipeline(run_dir, cfg, events, status))
+        info["error"] = own_error or info["error"]
+    return info
+
+
+def stage_names(stages: list) -> list[str]:
+    """The names of a recipe's stages (`name`, else the method), as the pipeline names its dirs."""
+    return [str(s.get("name") or s.get("method")) if isinstance(s, dict) else "?" for s in stages or []]
+
+
+def _read_pipeline(run_dir: Path, cfg: dict, events: list[dict], status: str) -> dict:
+    """The pipeline part of `read_run`: its stages, the current one, finished stages as steps."""
+    names = stage_names(cfg.get("stages")) or next((e.get("stages") or [] for e in events if e["type"] == "start"), [])
+    metrics = {e["stage"]: e for e in events if e["type"] == "metrics"}
+    stages = []
+    for i, name in enumerate(names, 1):
+        sub = run_dir / f"{i}-{name}"
+        if (sub / "events.jsonl").is_file():
+            stage = read_run(sub)
+        else:
+            method = (cfg.get("stages")[i - 1] or {}).get("method") if cfg.get("stages") else None
+            stage = {"dir": str(sub), "status": "pending", "method": method, "model": None, "step": 0, "total_steps": None,
+                     "loss": None, "val_loss": None, "started": None, "error": None}
+        m = metrics.get(i)
+        stage.update(index=i, name=name, label=f"{i}-{name}", metrics=(m or {}).get("metrics"), elapsed_s=(m or {}).get("elapsed_s"))
+        if stage["status"] == "running" and status in ("failed", "stopped", "finished"):
+            stage["status"] = status  # the pipeline ended while this stage was unfinished
+        stages.append(stage)
+    done = sum(s["status"] == "finished" for s in stages)
+    current = next((s for s in stages if s["status"] != "finished"), stages[-1] if stages else None)
+    return {
+        "method": "pipeline", "stages": stages, "current": current["label"] if current else None,
+        "step": done, "total_steps": len(stages), "loss": (current or {}).get("loss"),
+        "error": next((s["error"] for s in stages if s.get("error")), None) if status == "failed" else None,
     }
