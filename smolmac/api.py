@@ -17,6 +17,7 @@ from smolmac.errors import UserError
 from smolmac.runs import Run, default_run_dir, read_config, run_training
 
 __all__ = ["train", "run", "load", "export", "upload", "combine", "runs", "read_run", "bench"]
+__all__ += ["recipes", "inspect"]
 
 
 def _nested(overrides) -> dict | None:
@@ -197,7 +198,8 @@ def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=
 
 def runs(runs_dir: str | Path = "runs") -> list[dict]:
     """`smolmac runs`: summaries of every run in `runs_dir`, newest first (dir, name, status,
-    method, model, step, total_steps, loss, alive, error)."""
+    method, model, step, total_steps, loss, alive, error; a pipeline also has `current` and
+    `stages`, one summary per stage, and counts finished stages as its steps)."""
     from smolmac.launcher import Launcher, list_runs
 
     return list_runs(runs_dir, Launcher())
@@ -245,3 +247,38 @@ def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: i
         if not Path(out).parent.is_dir():
             raise UserError(f"--out: the folder {Path(out).parent} does not exist; create it or write the results elsewhere.")
     return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None))
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes and looking inside models (the app's workshop views)
+
+
+def recipes(user_dir: str | Path = "recipes") -> list[dict]:
+    """The recipes `train` finds by name: yours in `user_dir`, then the shipped ones.
+
+    Args:
+        user_dir: your recipes folder; a recipe there hides a shipped one of the same name.
+
+    Returns one `{name, path, about, pipeline, shipped}` per recipe (`smolmac recipes`).
+    """
+    from smolmac import config
+
+    return config.list_recipes(user_dir)
+
+
+def inspect(target: str | Path, tokens: str | None = None, neighbours: str | None = None, top: int = 8) -> dict:
+    """Look inside a model, a run or a pipeline (`smolmac inspect`).
+
+    Args:
+        target: a model (Hub id or folder), a run dir or a pipeline dir.
+        tokens: text to split into tokens (pieces, ids, characters per token).
+        neighbours: a token whose nearest tokens in the input embedding are listed, for the
+            base and for each trained model of the run or pipeline.
+        top: how many neighbours.
+
+    Returns a JSON-ready report: models, anatomy (parameters per part), adapter share, tokens,
+    chat template preview, neighbours (see smolmac.inspection).
+    """
+    from smolmac.inspection import inspect as inspect_
+
+    return inspect_(target, tokens=tokens, neighbours=neighbours, top=top)

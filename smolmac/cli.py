@@ -13,7 +13,9 @@
     smolmac adapters combine runs/a runs/b --weights 0.7,0.3 --method linear|cat|svd [--rank R] --to out/
     smolmac upload out/ --repo you/name [--private] [--dry-run]
     smolmac bench sft|dpo|pretrain
-    smolmac runs                             # list runs
+    smolmac runs                             # list runs (a pipeline with its stages)
+    smolmac recipes                          # the recipes `smolmac train NAME` finds
+    smolmac inspect MODEL_OR_RUN [--tokens TEXT] [--neighbours TOKEN] [--json]
 
 Exit codes: 0 done; 2 a user error (one sentence on stderr); 3 `train` stopped by Ctrl-C,
 SIGTERM or SIGHUP after saving a checkpoint (continue with --resume); 130 a second Ctrl-C.
@@ -61,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
-    t.add_argument("recipe", nargs="?", help="Recipe YAML (not needed with --resume DIR).")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable); with --resume only train.lr, train.steps, train.epochs, train.report_every, train.early_stopping, eval.every, eval.batches, save.every and save.keep.")
+    t.add_argument("recipe", nargs="?", help="Recipe YAML, or the name of one (`smolmac recipes`); not needed with --resume DIR.")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable); with --resume only train.lr, train.steps, train.epochs, train.report_every, train.early_stopping, eval.every, eval.batches, save.every, save.keep and report_to.")
     t.add_argument("--run-dir", help="Run directory (default runs/<recipe>-<timestamp>).")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR", help="Continue the run in DIR (or --run-dir) from its last checkpoint.")
     out = t.add_mutually_exclusive_group()
@@ -130,6 +132,16 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
     r.add_argument("dir", nargs="?", default=None, help="Runs folder (default runs/).")
+
+    rc = sub.add_parser("recipes", help="List the recipes `smolmac train NAME` finds: yours in ./recipes, then the shipped ones.")
+    rc.add_argument("--dir", default="recipes", help="Your recipes folder (default recipes/).")
+
+    i = sub.add_parser("inspect", help="Look inside a model or run: tokens, parameters per block, nearest tokens.")
+    i.add_argument("target", help="A model (Hub id or folder), a run dir (its adapter counts as trained) or a pipeline dir.")
+    i.add_argument("--tokens", metavar="TEXT", help="Show how TEXT splits into tokens (pieces and ids).")
+    i.add_argument("--neighbours", metavar="TOKEN", help="The tokens nearest to TOKEN in the input embedding (cosine similarity).")
+    i.add_argument("--top", type=int, default=8, help="How many neighbours (default 8).")
+    i.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
     a = sub.add_parser("tui", help="Open the Textual app.")
     a.add_argument("--runs", default="runs", help="Runs folder (default runs/).")
@@ -413,6 +425,7 @@ def cmd_runs(args) -> int:
     from rich.table import Table
 
     from smolmac import api
+    from smolmac.pipeline import headline
 
     folder = Path(args.dir or "runs")
     if args.dir is not None and not folder.is_dir():
@@ -420,10 +433,45 @@ def cmd_runs(args) -> int:
     if not folder.is_dir():
         print("no runs yet in runs/; start one with `smolmac train RECIPE`.")
         return 0
-    table = Table("run", "status", "method", "model", "step", "loss")
+
+    def step(r):
+        if r["status"] == "pending" or (r.get("method") == "tokenizer" and not r.get("total_steps")):
+            return "-"
+        return f"{r['step']}/{r['total_steps'] or '?'}"
+
+    table = Table("run", "status", "method", "model", "step", "loss", "learned")
     for r in api.runs(folder):
-        table.add_row(r["name"], r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
+        spec = r["model"].get("new") if isinstance(r["model"], dict) else None
+        model = f"new {spec.get('preset', 'nano')}" if isinstance(spec, dict) else str(r["model"])  # {new: {preset: micro}}
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else ""
+        if r.get("stages"):  # a pipeline: its row says which stage is current, then one row per stage
+            table.add_row(r["name"], r["status"], "pipeline", model, f"stage {r['step']}/{r['total_steps']}", loss, f"now: {r['current']}" if r["status"] != "finished" else "")
+            for s in r["stages"]:
+                table.add_row(f"  {s['label']}", s["status"], s["method"] or "-", "", step(s), f"{s['loss']:.4f}" if s["loss"] is not None else "", headline(s))
+        else:
+            table.add_row(r["name"], r["status"], str(r["method"]), model, step(r), loss, headline(r))
     Console().print(table)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from smolmac.api import recipes
+
+    rows = recipes(args.dir)
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        kind = "pipeline" if r["pipeline"] else "run"
+        print(f"{r['name']:<{width}}  {kind:<8}  {r['about']}" + ("" if r["shipped"] else f"  ({r['path']})"))
+    print("\nrun one with: smolmac train NAME")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from smolmac.api import inspect
+    from smolmac.inspection import format_report
+
+    report = inspect(args.target, tokens=args.tokens, neighbours=args.neighbours, top=args.top)
+    print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -435,7 +483,8 @@ def cmd_tui(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "adapters": cmd_adapters,
-            "bench": cmd_bench, "launch-check": cmd_launch_check, "runs": cmd_runs, "tui": cmd_tui, None: cmd_tui}
+            "bench": cmd_bench, "launch-check": cmd_launch_check, "runs": cmd_runs, "recipes": cmd_recipes, "inspect": cmd_inspect,
+            "tui": cmd_tui, None: cmd_tui}
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,6 @@ import yaml
 from smolmac.errors import UserError, did_you_mean
 from smolmac.methods import METHODS
 from smolmac.ranges import (  # noqa: F401  (number, field_problem: re-exported, smolmac.config is their home for callers)
-    EARLY_STOPPING_KEYS,
     Range,
     above,
     at_least,
@@ -324,14 +323,71 @@ def nest(dotted: dict) -> dict:
     return out
 
 
+def shipped_recipes_dir() -> Path | None:
+    """The recipes installed with smolmac (package data `smolmac.recipes`, the repo's recipes/)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("smolmac.recipes")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return None
+
+
+def _about(path: Path) -> str:
+    """A recipe's one-line description: its first comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def list_recipes(user_dir: str | Path = "recipes") -> list[dict]:
+    """Recipes addressable by name: the user's own (`user_dir/*.yaml`) first, then the shipped ones.
+
+    Each is `{name, path, about, pipeline, shipped}`; a user's recipe hides a shipped one of the
+    same name (what `find_recipe` resolves too).
+    """
+    out, seen, names = [], set(), set()
+    for folder, shipped in ((Path(user_dir), False), (shipped_recipes_dir(), True)):
+        if folder is None or not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")):
+            if path.resolve() in seen or path.stem in names:
+                continue
+            seen.add(path.resolve())
+            names.add(path.stem)
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError:
+                data = None  # listed anyway: loading it names the line that is wrong
+            out.append({"name": path.stem, "path": str(path), "about": _about(path), "shipped": shipped,
+                        "pipeline": isinstance(data, dict) and bool(data.get("stages"))})
+    return out
+
+
+def find_recipe(spec: str | Path, user_dir: str | Path = "recipes") -> Path:
+    """A recipe file from a path, or from a name: `user_dir/NAME.yaml`, else the shipped NAME.yaml."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a recipe file; pass the path of a YAML recipe such as recipes/quickstart.yaml, or the name of one.")
+    if path.parent == Path(".") and path.suffix in ("", ".yaml", ".yml"):
+        for r in list_recipes(user_dir):
+            if r["name"] == path.stem:
+                return Path(r["path"])
+    names = ", ".join(r["name"] for r in list_recipes(user_dir))
+    raise UserError(f"{spec}: recipe file not found; pass the path of a YAML recipe or the name of one ({names}); `smolmac recipes` lists them.")
+
+
 def read_recipe(path: str | Path) -> tuple[dict, dict]:
-    """Read a recipe file: (mapping, {dotted key: line})."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a recipe file" if path.is_dir() else "recipe file not found"
-        raise UserError(f"{path}: {what}; pass the path of a YAML recipe such as recipes/quickstart.yaml.")
+    """Read a recipe file (a path, or the name of a recipe: see `find_recipe`): (mapping, {dotted key: line})."""
     from smolmac.data import read_utf8
 
+    path = find_recipe(path)
     return _load_yaml_with_lines(read_utf8(path), str(path))
 
 
@@ -353,11 +409,12 @@ def load_recipe(recipe: str | Path | dict | Config | None = None, overrides: dic
         if isinstance(recipe, dict):
             apply_mapping(cfg, recipe, "<recipe>")
         elif recipe is not None:
-            data, lines = read_recipe(recipe)
-            source = str(recipe)
+            path = find_recipe(recipe)  # a path, or the name of one of your or the shipped recipes
+            data, lines = read_recipe(path)
+            source = str(path)
             apply_mapping(cfg, data, source, lines)
             if cfg.name is None:
-                cfg.name = Path(recipe).stem
+                cfg.name = path.stem
     if overrides:
         if isinstance(overrides, (list, tuple)):
             overrides = nest(dict(parse_override(o) for o in overrides))
@@ -391,19 +448,6 @@ def validate(cfg: Config, source: str = "recipe", lines: dict | None = None, sta
         raise UserError(f"{where('train.early_stopping')}: '{name}train.early_stopping' needs evaluations during the run; set eval.every (e.g. 100).")
 
 
-def watch_mode(metric: str, mode: str = "auto") -> str:
-    """min or max for an eval metric: `auto` is min for losses and perplexities, else max."""
-    if mode != "auto":
-        return mode
-    return "min" if any(s in metric for s in ("loss", "ppl", "perplexity")) else "max"
-
-
-def early_stopping(cfg: Config) -> dict | None:
-    """`train.early_stopping` with its defaults filled in (None when off)."""
-    es = cfg.train.early_stopping
-    return None if not es else {**EARLY_STOPPING_KEYS, **es}
-
-
 def check_stages(cfg: Config, source: str = "recipe", lines: dict | None = None):
     """Check every pipeline stage as the pipeline will build it (top-level keys, then the
     stage's), so a bad key in stage 3 fails before stage 1 trains; errors name the file and line."""
@@ -421,6 +465,25 @@ def check_stages(cfg: Config, source: str = "recipe", lines: dict | None = None)
         if scfg.model is None:
             scfg.model = "<previous stage>"  # chained from the stage before
         validate(scfg, source, lines, stage=i)
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1} (lists and `model: {new: ...}` stay whole values)."""
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key in SECTIONS and not prefix:
+            out.update(flatten(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def recipe_diff(recipes: list[dict]) -> list[tuple[str, list]]:
+    """The keys whose values differ between recipes (e.g. runs' config.yaml), each with one value
+    per recipe (None where a recipe lacks the key), in recipe key order."""
+    flat = [flatten(r or {}) for r in recipes]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    return [(k, [f.get(k) for f in flat]) for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
 
 
 def field_help(section: str | None = None) -> list[tuple[str, str, Any, str, str]]:

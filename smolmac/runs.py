@@ -28,7 +28,7 @@ import yaml
 
 from smolmac import events as ev
 from smolmac import storage, trackers
-from smolmac.config import Config, load_recipe
+from smolmac.config import Config, load_recipe, recipe_diff
 from smolmac.errors import UserError
 
 
@@ -79,17 +79,6 @@ SAFE_ON_RESUME = ("train.lr", "train.steps", "train.epochs", "train.report_every
                   "eval.every", "eval.batches", "save.every", "save.keep", "report_to")
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1}} -> {"train.lr": 1} (sections only; values stay whole)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and f"{prefix}{k}" in ("data", "lora", "train", "eval", "save", "dpo", "orpo", "tokenizer"):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def has_progress(run_dir: Path) -> bool:
     """Whether a run dir holds anything training produced: a checkpoint, an output, or a
     pipeline stage with one. A dir with only a config (and maybe a failed attempt's events) has none."""
@@ -123,11 +112,10 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | Non
         if not overrides:
             return old, {}
         new = load_recipe(old, overrides)
-        before, after = flatten(old.to_dict()), flatten(new.to_dict())
-        changes = {k: [before.get(k), after.get(k)] for k in after if before.get(k) != after.get(k)}
-        for key in changes:
+        changes = dict(recipe_diff([old.to_dict(), new.to_dict()]))  # {key: [old, new]}
+        for key, (was, _) in changes.items():
             if key not in SAFE_ON_RESUME:
-                raise UserError(f"--set {key}: cannot be changed when resuming (this run was trained with {before.get(key)!r}); only {', '.join(SAFE_ON_RESUME)} can, so start a new run (another --run-dir) to change it.")
+                raise UserError(f"--set {key}: cannot be changed when resuming (this run was trained with {was!r}); only {', '.join(SAFE_ON_RESUME)} can, so start a new run (another --run-dir) to change it.")
         if changes:
             storage.atomic_write_text(saved, new.to_yaml(), then)
         return new, changes
@@ -279,11 +267,11 @@ def write_output(path: Path, write, need: int, run_dir: Path) -> Path:
 
 def _watches(cfg: Config, task):
     """The trainer's Watch for save.best and for train.early_stopping (None when off)."""
-    from smolmac.config import early_stopping, watch_mode
-    from smolmac.trainer import Watch
+    from smolmac.ranges import EARLY_STOPPING_KEYS
+    from smolmac.trainer import Watch, watch_mode
 
     keep = Watch(cfg.save.best, watch_mode(cfg.save.best, cfg.save.best_mode)) if cfg.save.best else None
-    es = early_stopping(cfg)
+    es = {**EARLY_STOPPING_KEYS, **cfg.train.early_stopping} if cfg.train.early_stopping else None
     stop = Watch(es["metric"], watch_mode(es["metric"], es["mode"]), float(es["min_delta"]), int(es["patience"])) if es else None
     for key, w in (("save.best", keep), ("train.early_stopping", stop)):
         if w is not None and task.valid is None:
@@ -414,13 +402,20 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
 def read_run(run_dir: str | Path) -> dict:
     """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss.
 
-    Steps that a resume redid are dropped (events.current); the last start event gives the total."""
+    Steps that a resume redid are dropped (events.current); the last start event gives the total.
+    A pipeline (a config with `stages:`) is summarised as method "pipeline" with `stages`, one
+    summary per stage (its own run dir `<i>-<name>/`, or status "pending" before it starts) plus
+    the stage's `metrics` (what it learned); `step`/`total_steps` count finished stages, and
+    `current` names the stage that runs now (or stopped/failed), whose last loss is `loss`.
+    """
     run_dir = Path(run_dir)
     raw = ev.read_events(run_dir / "events.jsonl")
     events = ev.current(raw)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = cfg if isinstance(cfg, dict) else {}
     start = next((e for e in reversed(events) if e["type"] == "start"), None)
     last_train = next((e for e in reversed(events) if e["type"] == "train"), None)
+    last_eval = next((e for e in reversed(events) if e["type"] == "eval"), None)
     last = next((e for e in reversed(events) if e["type"] not in ("warning", "config")), None)
     if last is None:
         status = "new"
@@ -430,9 +425,47 @@ def read_run(run_dir: str | Path) -> dict:
         status = "failed"
     else:
         status = "running"
-    return {
+    info = {
         "dir": str(run_dir), "status": status, "method": cfg.get("method"), "model": cfg.get("model"),
-        "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
-        "loss": (last_train or {}).get("loss"), "started": (raw[0]["time"] if raw else None),
+        "full": bool(cfg.get("full")), "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
+        "loss": (last_train or {}).get("loss"), "val_loss": (last_eval or {}).get("val_loss"),
+        "started": (raw[0]["time"] if raw else None),
         "error": last.get("message") if last and last["type"] == "error" else None,
+    }
+    if cfg.get("stages") or (start or {}).get("method") == "pipeline":
+        own_error = info["error"]
+        info.update(_read_pipeline(run_dir, cfg, events, status))
+        info["error"] = own_error or info["error"]
+    return info
+
+
+def stage_names(stages: list) -> list[str]:
+    """The names of a recipe's stages (`name`, else the method), as the pipeline names its dirs."""
+    return [str(s.get("name") or s.get("method")) if isinstance(s, dict) else "?" for s in stages or []]
+
+
+def _read_pipeline(run_dir: Path, cfg: dict, events: list[dict], status: str) -> dict:
+    """The pipeline part of `read_run`: its stages, the current one, finished stages as steps."""
+    names = stage_names(cfg.get("stages")) or next((e.get("stages") or [] for e in events if e["type"] == "start"), [])
+    metrics = {e["stage"]: e for e in events if e["type"] == "metrics"}
+    stages = []
+    for i, name in enumerate(names, 1):
+        sub = run_dir / f"{i}-{name}"
+        if (sub / "events.jsonl").is_file():
+            stage = read_run(sub)
+        else:
+            method = (cfg.get("stages")[i - 1] or {}).get("method") if cfg.get("stages") else None
+            stage = {"dir": str(sub), "status": "pending", "method": method, "model": None, "step": 0, "total_steps": None,
+                     "loss": None, "val_loss": None, "started": None, "error": None}
+        m = metrics.get(i)
+        stage.update(index=i, name=name, label=f"{i}-{name}", metrics=(m or {}).get("metrics"), elapsed_s=(m or {}).get("elapsed_s"))
+        if stage["status"] == "running" and status in ("failed", "stopped", "finished"):
+            stage["status"] = status  # the pipeline ended while this stage was unfinished
+        stages.append(stage)
+    done = sum(s["status"] == "finished" for s in stages)
+    current = next((s for s in stages if s["status"] != "finished"), stages[-1] if stages else None)
+    return {
+        "method": "pipeline", "stages": stages, "current": current["label"] if current else None,
+        "step": done, "total_steps": len(stages), "loss": (current or {}).get("loss"),
+        "error": next((s["error"] for s in stages if s.get("error")), None) if status == "failed" else None,
     }

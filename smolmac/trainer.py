@@ -152,6 +152,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) ->
 # EarlyStoppingCallback; patience counts evaluations.
 
 
+def watch_mode(metric: str, mode: str = "auto") -> str:
+    """min or max for an eval metric: `auto` is min for losses and perplexities, else max."""
+    if mode != "auto":
+        return mode
+    return "min" if any(s in metric for s in ("loss", "ppl", "perplexity")) else "max"
+
+
 @dataclass
 class Watch:
     """An eval-event metric to watch and its direction."""

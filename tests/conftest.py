@@ -86,3 +86,32 @@ def hold_lock(run_dir: Path):
         assert proc.poll() is None and time.monotonic() < deadline, f"the lock holder did not start (exit {proc.poll()})"
         time.sleep(0.1)
     return proc
+
+
+# A real four-stage pipeline in the quickstart's shape (tokenizer -> pretrain a `{new: nano}`
+# model -> SFT with LoRA -> ORPO full), a few steps each on the shipped quickstart data: the runs
+# list, dashboards, chat, compare and inspect are tested on what the engine really writes.
+TINY_PIPELINE = {
+    "name": "tiny",
+    "model": {"new": {"preset": "nano"}},
+    "tokenizer": {"type": "bpe", "vocab_size": 300, "data": "quickstart:corpus.txt"},
+    "train": {"batch_size": 8, "seed": 0, "report_every": 1},
+    "eval": {"exact_match": "quickstart:eval.jsonl", "preference": "quickstart:eval_preference.jsonl"},
+    "stages": [
+        {"name": "tokenizer", "method": "tokenizer", "data": {"max_rows": 400}},
+        {"name": "pretrain", "method": "pretrain", "data": {"train": "quickstart:corpus.txt", "valid": 0.05, "max_rows": 400},
+         "train": {"steps": 4, "lr": 3.0e-3, "max_seq_len": 64}},
+        {"name": "sft", "method": "sft", "data": {"train": "quickstart:sft.jsonl", "max_rows": 64}, "lora": {"rank": 4},
+         "train": {"steps": 3, "lr": 1.0e-3, "max_seq_len": 48}},
+        {"name": "orpo", "method": "orpo", "full": True, "data": {"train": "quickstart:preference.jsonl", "max_rows": 64},
+         "train": {"steps": 3, "lr": 3.0e-4, "max_seq_len": 48}},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """The finished run dir of TINY_PIPELINE (built once per session: ~10 s of CPU)."""
+    run_dir = tmp_path_factory.mktemp("pipeline") / "runs" / "tiny"
+    smolmac.train(TINY_PIPELINE, run_dir=run_dir)
+    return run_dir

@@ -165,9 +165,9 @@ def test_keep_the_best_and_stop_when_it_stops_improving(tiny_model, chat_file, t
 
 
 def test_watch_directions_and_recipe_checks():
-    from smolmac.config import load_recipe, watch_mode
+    from smolmac.config import load_recipe
     from smolmac.errors import UserError
-    from smolmac.trainer import Watch
+    from smolmac.trainer import Watch, watch_mode
 
     assert watch_mode("val_loss") == "min" and watch_mode("val_ppl") == "min"
     assert watch_mode("eval_rewards/accuracies") == "max" and watch_mode("exact_match", "min") == "min"
@@ -176,9 +176,10 @@ def test_watch_directions_and_recipe_checks():
     with pytest.raises(UserError, match="the eval events have no metric 'nope'; choose one of val_loss, val_ppl"):
         Watch("nope").value({"type": "eval", "step": 1, "val_loss": 1.0, "val_ppl": 2.7, "time": 1.0}, "save.best")
     base = {"model": "m", "eval": {"every": 10}}
-    for es, msg in (({"patience": 0}, "patience' must be a whole number"), ({"metric": "val_loss"}, "patience' must be"),
-                    ({"patience": 2, "min_delat": 0.1}, r"unknown key 'train.early_stopping.min_delat' \(did you mean 'min_delta'"),
-                    ({"patience": 2, "mode": "up"}, "mode' must be auto, min or max")):
+    for es, msg in (({"patience": 0}, "'train.early_stopping' needs patience: a whole number of evaluations >= 1, not 0"),
+                    ({"metric": "val_loss"}, "'train.early_stopping' needs patience: a whole number"),
+                    ({"patience": 2, "min_delat": 0.1}, r"'train.early_stopping' has an unknown key 'min_delat' \(did you mean 'min_delta'"),
+                    ({"patience": 2, "mode": "up"}, "'train.early_stopping' needs mode: auto, min or max, not 'up'")):
         with pytest.raises(UserError, match=msg):
             load_recipe({**base, "train": {"early_stopping": es}})
     with pytest.raises(UserError, match="needs evaluations during the run; set eval.every"):

@@ -90,6 +90,7 @@ class FakeChat:
         self.threads: set[int] = set()
         self.loads: list[str] = []
         self.attached: list[tuple] = []
+        self.plain: list[str] = []
 
     def load(self, model, adapters):
         self.threads.add(threading.get_ident())
@@ -109,8 +110,10 @@ class FakeChat:
     def inspect(self, handle):
         return {"base_mb": 12.5, "adapters": {name: 0.25 for name in handle["adapters"]}}
 
-    def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0):
+    def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0, chat=None):
         self.threads.add(threading.get_ident())
+        if chat is False:  # a column without the chat template (a pretrained-only model)
+            self.plain.append(adapter or "base")
         assert adapter is None or adapter in handle["adapters"]
         for word in [adapter or "base", "says:", messages[-1]["content"], f"(turn {len(messages) // 2 + 1})"]:
             yield word + " "
@@ -158,9 +161,9 @@ def test_i18n_detects_language_and_covers_every_string():
     table = json.loads((i18n.LOCALES / "it.json").read_text(encoding="utf-8"))
     from smolmac import launcher, memory
     from smolmac.tui import view
-    from smolmac.tui.screens import chat, export, new_run
+    from smolmac.tui.screens import chat, export, inspect, new_run
 
-    used = {launcher.CRASHED, *memory.PARTS, *memory.SUGGESTIONS, *view.STATUS_STYLE, *chat.MODES, *new_run.LABELS.values()}
+    used = {launcher.CRASHED, *memory.PARTS, *memory.SUGGESTIONS, *view.STATUS_STYLE, *chat.MODES, *new_run.LABELS.values(), *inspect.PART_NAMES.values()}
     used |= {label for _, label in export.FORMATS}
     for path in Path(i18n.__file__).parent.rglob("*.py"):  # every literal t("...") / t('...')
         used |= {m[1] for m in re.findall(r"""\bt\((["'])((?:(?!\1).)*)\1""", path.read_text(encoding="utf-8"))}
@@ -524,7 +527,7 @@ def test_italian_ui_in_a_fresh_process(tmp_path):
     env = {**os.environ, "SMOLMAC_LANG": "it"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    for needle in ("Nuova esecuzione", "Nessuna esecuzione in", "Esci", "Esecuzione", "Stato"):  # footer, empty state, columns
+    for needle in ("Nuova", "Nessuna esecuzione in", "Esporta", "Esecuzione", "Stato", "F1 tutti i tasti"):  # footer, empty state, columns, title
         assert needle in out.stdout, out.stdout
 
 

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from smolmac.tui.i18n import t
 
-STATUS_STYLE = {"running": "bold cyan", "starting": "cyan", "finished": "green", "stopped": "yellow", "failed": "bold red", "new": "dim"}
+STATUS_STYLE = {"running": "bold cyan", "starting": "cyan", "finished": "green", "stopped": "yellow", "failed": "bold red", "new": "dim", "pending": "dim"}
 
 
 def status_text(status: str) -> Text:

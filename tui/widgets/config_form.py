@@ -179,8 +179,17 @@ def check(values: dict[str, Any], extra: dict | None = None) -> tuple[C.Config |
     try:
         cfg = C.apply_mapping(C.Config(), mapping, "form")
         C.validate(cfg, "form")
+        C.check_stages(cfg, "form")  # each stage's keys, as a recipe file's stages are checked
+        if cfg.stages:  # and each stage as the pipeline resolves it (shipped data paths, chain)
+            from smolmac.pipeline import stage_config
+
+            base = cfg.to_dict()
+            for i, stage in enumerate(cfg.stages, 1):
+                stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None)
     except UserError as e:
         message = str(e)
+        if "stages[" in message:
+            return None, message, "stages"
         keys = [k for k in re.findall(r"'([a-z_]+(?:\.[a-z_]+)?)'", message) if k in SPECS]
         return None, message, keys[0] if keys else None
     return cfg, None, None
