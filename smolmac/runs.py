@@ -98,15 +98,13 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | Non
 
     Resuming uses the saved recipe, with `overrides` (`--set`) applied when every changed key is
     in SAFE_ON_RESUME; `changes` is `{key: [old, new]}`. Starting in a dir whose training made
-    progress is refused (nothing a run wrote is ever overwritten); a dir with only a config (a
-    run that failed or was stopped before its first checkpoint) can be started again.
+    progress, or another recipe's events, is refused (nothing a run wrote is ever overwritten);
+    a dir with no progress (a run that failed or was stopped before its first checkpoint, or only
+    a config) can be started again.
     Call with the run's lock held.
     """
     saved = run_dir / "config.yaml"
     then = f"then run the command again for {run_dir}"
-    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UserError(f"--run-dir: {blocker} is a file, so {run_dir} cannot be a run directory; choose another --run-dir.")
     if resume:
         old = read_config(run_dir)
         if not overrides:
@@ -120,13 +118,21 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | Non
             storage.atomic_write_text(saved, new.to_yaml(), then)
         return new, changes
     cfg = resolve_auto(cfg)
-    if saved.is_file() and has_progress(run_dir):
-        same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
+    same = not saved.is_file() or _read_yaml(saved) == cfg.to_dict()
+    # events.jsonl is a run's record: another recipe's attempts are never mixed into it
+    if saved.is_file() and (has_progress(run_dir) or (not same and (run_dir / "events.jsonl").exists())):
         raise UserError(f"--run-dir: {run_dir} already holds {'a different' if not same else 'this'} run; pass --resume to continue it or choose another --run-dir.")
     with storage.writing(run_dir, then=then):
         run_dir.mkdir(parents=True, exist_ok=True)
     storage.atomic_write_text(saved, cfg.to_yaml(), then)
     return cfg, {}
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):  # a torn config.yaml is not this recipe
+        return None
 
 
 def resolve_auto(cfg: Config) -> Config:

@@ -269,6 +269,9 @@ def run_lock(run_dir: str | Path, create: bool = True):
         create: create `run_dir` when missing (a fresh start); a resume needs it to exist.
     """
     run_dir = Path(run_dir)
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"--run-dir: {blocker} is a file, so {run_dir} cannot be a run directory; choose another --run-dir.")
     if fcntl is None:
         yield
         return

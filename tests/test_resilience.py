@@ -101,7 +101,7 @@ def test_simultaneous_starts_never_crash(tiny_model, chat_file, tmp_path):
     """Config writes are atomic with unique temporary names (the old fixed config.tmp made one of
     five simultaneous starts crash); default run dirs are claimed with an atomic mkdir."""
     from smolmac.config import load_recipe
-    from smolmac.runs import default_run_dir, open_run_dir
+    from smolmac.runs import default_run_dir, open_run_dir, resolve_auto
 
     cfg = load_recipe(recipe(tiny_model, chat_file))
     errors = []
@@ -119,7 +119,8 @@ def test_simultaneous_starts_never_crash(tiny_model, chat_file, tmp_path):
     for t in threads:
         t.join()
     assert not errors, errors
-    assert yaml.safe_load((tmp_path / "same" / "config.yaml").read_text()) == cfg.to_dict()
+    # saved as the run trains it: train.dtype auto resolved to this device's dtype
+    assert yaml.safe_load((tmp_path / "same" / "config.yaml").read_text()) == resolve_auto(cfg).to_dict()
     assert [p.name for p in (tmp_path / "same").iterdir()] == ["config.yaml"]  # no temp files left
     dirs = []
     threads = [threading.Thread(target=lambda: dirs.append(default_run_dir(cfg, tmp_path / "runs"))) for _ in range(6)]
