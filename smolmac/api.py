@@ -110,7 +110,7 @@ def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None
         to: output directory (a .gguf file for gguf and gguf-lora), written under a temporary
             name and renamed into place.
         dtype: float32, float16 or bfloat16 (GGUF: f32, f16, bf16, q8_0; default: as trained).
-        overwrite: replace an existing `to`.
+        overwrite: replace an earlier export at `to` (a folder smolmac wrote, holding nothing else).
         on_message: receives progress sentences (e.g. print).
         quantize, group_size, with_base: as `smolmac export --quantize/--group-size/--with-base`.
         pick: a run's "last" weights or its "best" evaluation's (save.best: adapter-best/, model-best/).
@@ -163,7 +163,7 @@ def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=
         rank: the rank of an svd combination (default: the largest rank).
         to: output directory.
         format: "peft" or "mlx".
-        overwrite: replace a non-empty `to`.
+        overwrite: replace an earlier export or combination at `to` (nothing else is deleted).
         on_message: receives progress sentences (e.g. print).
     """
     import os

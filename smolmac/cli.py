@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=int, help="Rank of an svd combination (default: the largest rank).")
     c.add_argument("--to", required=True, help="Output directory (nothing is written there on error).")
     c.add_argument("--format", default="peft", choices=["peft", "mlx"], help="peft (default) or mlx (mlx_lm --adapter-path).")
-    c.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
+    c.add_argument("--overwrite", action="store_true", help="Replace an earlier export or combination at OUT (only a folder smolmac wrote, holding nothing else).")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
     r.add_argument("dir", nargs="?", default=None, help="Runs folder (default runs/).")

@@ -21,7 +21,7 @@ import yaml
 
 from smolmac.errors import UserError
 from smolmac.runs import read_run
-from smolmac.storage import lock_owner, lock_supported
+from smolmac.storage import lock_owner, lock_supported, pid_running
 
 PID_FILE = "pid"
 LOG_FILE = "train.log"
@@ -107,12 +107,8 @@ def read_pid(run_dir: str | Path) -> int | None:
 
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live (not zombie) process that looks like a smolmac run."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_running(pid):
         return False
-    except PermissionError:
-        return True
     proc = Path(f"/proc/{pid}")
     if proc.is_dir():  # Linux: also rule out zombies and a pid reused by another program
         try:

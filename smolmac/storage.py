@@ -201,7 +201,7 @@ def remove_leftovers(*folders: Path, only_dead: bool = False, prefix: str = "") 
             m = _TMP.match(p.name)
             if not m or not p.name.startswith(prefix):
                 continue
-            if only_dead and _pid_running(int(m.group(1) or m.group(2))):
+            if only_dead and pid_running(int(m.group(1) or m.group(2))):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
@@ -211,7 +211,8 @@ def remove_leftovers(*folders: Path, only_dead: bool = False, prefix: str = "") 
     return removed
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether a process with this PID exists (it may be a zombie, or another program)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
