@@ -27,7 +27,7 @@ import yaml
 
 from smolmac import events as ev
 from smolmac import storage
-from smolmac.config import Config, apply_mapping, flatten, validate
+from smolmac.config import Config, apply_mapping, flatten, nest, validate
 from smolmac.errors import UserError
 from smolmac.quickstart import resolve as resolve_path
 from smolmac.runs import Run, open_run_dir, read_run, run_training
@@ -296,7 +296,6 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
 
 
 def _run_stages(cfg: Config, run_dir: Path, resume: bool, on_event, stop, overrides, changes) -> Run:
-
     previous = ev.read_events(run_dir / "events.jsonl")
     known = {(e["stage"], e["name"]): e for e in previous if e["type"] == "metrics"}
     base = cfg.to_dict()
@@ -331,7 +330,7 @@ def _run_stages(cfg: Config, run_dir: Path, resume: bool, on_event, stop, overri
                 own = flatten(stage)  # a stage's own keys win over the shared ones --set changed
                 stage_set = {k: v for k, v in flatten(overrides or {}).items() if k not in own}
                 result = run_training(scfg, sub, resume=resume_stage, on_event=forward, stop=stop,
-                                      overrides=_nest(stage_set) if resume_stage and stage_set else None)
+                                      overrides=nest(stage_set) if resume_stage and stage_set else None)
                 if result.stopped:
                     return _stopped(run, log, i, name, scfg, sub, tic)
                 elapsed = round(time.perf_counter() - t0, 2)
@@ -390,12 +389,6 @@ def _metrics_after(scfg: Config, sub: Path, model, adapter, cache: dict) -> tupl
     metrics, examples = stage_metrics(scfg, str(model))
     cache[str(model)] = metrics
     return metrics, examples
-
-
-def _nest(flat: dict) -> dict:
-    from smolmac.config import nest
-
-    return nest(flat)
 
 
 def _combine(scfg: Config, sub: Path, before: dict, after: dict) -> dict:
