@@ -128,6 +128,7 @@ class ProgressView:
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.task = None
+        self.retain = [None, None]  # retain ppl at the run's start and at its last eval
 
     def __enter__(self):
         self.progress.start()
@@ -140,6 +141,7 @@ class ProgressView:
         kind = e["type"]
         log = self.progress.console.print
         if kind == "start":
+            self.retain = [e.get("retain_ppl"), None]
             if self.task is not None:
                 self.progress.remove_task(self.task)
             if e["method"] in ("pipeline", "tokenizer"):
@@ -154,8 +156,10 @@ class ProgressView:
             info = f"loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_second']:,.0f} tok/s  {e['peak_memory_gb']:.2f} GB"
             self.progress.update(self.task, completed=e["step"], info=info)
         elif kind == "eval":
+            self.retain[1] = e.get("retain_ppl", self.retain[1])
             extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl") and isinstance(v, (int, float)))
-            log(f"step {e['step']}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}  {extra}")
+            val = f"val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}  " if e.get("val_loss") is not None else ""
+            log(f"step {e['step']}: {val}{extra}")
         elif kind == "sample":
             log(f"[dim]step {e['step']} sample[/] {e['prompt']!r} → {e['completion']!r}")
         elif kind == "checkpoint":
@@ -163,10 +167,16 @@ class ProgressView:
         elif kind == "metrics":
             from smolmac.pipeline import stage_rows
 
-            log(f"[bold]{e['stage']}-{e['name']}[/]: {stage_rows([e])[0]['learned']}")
+            row = stage_rows([e])[0]
+            log(f"[bold]{e['stage']}-{e['name']}[/]: {row['learned']}" + (f"; kept: retain ppl {row['kept']}" if row["kept"] else ""))
         elif kind == "stage" and e.get("status") not in ("finished",):
             log(f"[bold]stage {e['stage']}-{e['name']}[/] ({e['method']}): {e['status']}")
         elif kind == "done":
+            if None not in self.retain:  # what the run cost the retain set (eval.retain)
+                from smolmac.evaluation import retain_text
+
+                log(retain_text(*self.retain))
+            self.retain = [None, None]
             log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
 
 

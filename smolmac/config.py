@@ -86,6 +86,8 @@ class EvalConfig:
     max_tokens: int = _f(48, "Tokens generated per sample.")
     exact_match: str | None = _f(None, "Held-out {prompt, completion} jsonl: greedy answers are scored by exact match before and after each pipeline stage.")
     preference: str | None = _f(None, "Held-out {prompt, chosen, rejected} jsonl: preference accuracy (chosen more likely than rejected) before and after a dpo/orpo stage.")
+    retain: str | None = _f(None, "General data the model should keep knowing (text or chat rows: a file, folder or Hub dataset id): sft/dpo/orpo runs report its loss and perplexity (retain_loss, retain_ppl) at the start and at every evaluation. In a pipeline, the pretraining stage's validation text by default.")
+    retain_rows: int = _f(256, "At most this many rows of eval.retain are scored.")
 
 
 @dataclass
@@ -379,6 +381,8 @@ def validate(cfg: Config, source: str = "recipe"):
             raise UserError(f"{source}: 'report_to' takes {', '.join(TRACKERS)}, not {name!r}{did_you_mean(str(name), TRACKERS)}.")
     if len(set(cfg.report_to)) != len(cfg.report_to):
         raise UserError(f"{source}: 'report_to' names a tracker twice: {cfg.report_to}.")
+    if cfg.eval.retain_rows < 1:
+        raise UserError(f"{source}: 'eval.retain_rows' must be at least 1, not {cfg.eval.retain_rows}.")
     if isinstance(cfg.data.valid, float) and not 0 < cfg.data.valid < 1:
         raise UserError(f"{source}: 'data.valid' as a fraction must be between 0 and 1, not {cfg.data.valid}.")
 

@@ -58,10 +58,16 @@ class Train(Event):
 
 @dataclass
 class Eval(Event):
-    val_loss: float
-    val_ppl: float
+    """Validation loss and perplexity (absent without validation data), the method's eval_*
+    metrics, and retain_loss / retain_ppl when the run measures forgetting (eval.retain)."""
+
+    val_loss: float | None = None
+    val_ppl: float | None = None
     extra: dict = field(default_factory=dict)
     type = "eval"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in super().to_dict().items() if v is not None or k not in ("val_loss", "val_ppl")}
 
 
 @dataclass
