@@ -10,7 +10,8 @@
     smolmac export runs/x --format gguf|gguf-lora --to out/x.gguf [--dtype f16] [--quantize q4_0]
     smolmac adapters combine runs/a runs/b --weights 0.7,0.3 --method linear|cat|svd [--rank R] --to out/
     smolmac upload out/ --repo you/name [--private] [--dry-run]
-    smolmac bench sft|dpo|pretrain
+    smolmac bench sft|dpo|pretrain|forgetting
+    smolmac eval BASE --adapter math=runs/a --tasks arc_easy,hellaswag [--limit N]
     smolmac runs                             # list runs
 
 Every user error ends in one sentence on stderr and exit code 2.
@@ -78,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
     b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
+
+    ev = sub.add_parser("eval", help="lm-evaluation-harness tasks on a base and its adapters (one table).", description="Run EleutherAI's lm-evaluation-harness tasks on a base model and on each adapter, the base loaded once and the adapters switched on it; prints one table (task x base/adapters). Needs pip install 'smolmac[eval]'.")
+    ev.add_argument("base", nargs="?", help="Hub id or model directory (default: the base the first adapter records).")
+    ev.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR", help="A run dir, an mlx-lm or a PEFT adapter dir, optionally named (math=runs/a); repeatable.")
+    ev.add_argument("--tasks", required=True, help="lm-eval task or group names, comma-separated, e.g. arc_easy,hellaswag.")
+    ev.add_argument("--limit", type=float, help="At most N documents per task (a number below 1: that fraction).")
+    ev.add_argument("--include-path", help="A folder (or YAML file) with your own lm-eval task definitions.")
+    ev.add_argument("--num-fewshot", type=int, help="Few-shot examples per prompt (default: each task's).")
+    ev.add_argument("--batch-size", type=int, default=8, help="Rows per forward pass (default 8).")
+    ev.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
+    ev.add_argument("--chat-template", action="store_true", help="Render prompts with the tokenizer's chat template.")
+    ev.add_argument("--out", help="Also write the scores and lm-eval's full results as JSON here.")
 
     ad = sub.add_parser("adapters", help="Work with adapters: combine several into one.")
     adsub = ad.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -296,6 +309,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from smolmac import api
+
+    api.evaluate(args.base, args.adapter, args.tasks, limit=args.limit, include_path=args.include_path, batch_size=args.batch_size,
+                 dtype=args.dtype, num_fewshot=args.num_fewshot, chat_template=args.chat_template, out=args.out, on_message=print)
+    return 0
+
+
 def cmd_runs(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -317,7 +338,7 @@ def cmd_tui(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "adapters": cmd_adapters,
-            "bench": cmd_bench, "runs": cmd_runs, "tui": cmd_tui, None: cmd_tui}
+            "bench": cmd_bench, "eval": cmd_eval, "runs": cmd_runs, "tui": cmd_tui, None: cmd_tui}
 
 
 def main(argv=None) -> int:

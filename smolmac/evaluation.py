@@ -210,47 +210,62 @@ def load_eval_rows(spec: str, kind: str) -> list[dict]:
     return rows
 
 
-def greedy_answers(model, tokenizer, prompts: list[str], max_tokens: int = 16, batch_size: int = 64) -> list[str]:
-    """Greedy chat completions, batched: prompts of equal token length share one KV cache.
+def greedy_tokens(model, prompts: list[list[int]], max_tokens, stop_ids: set[int], batch_size: int = 64, done=None) -> list[list[int]]:
+    """Greedy continuations of token prompts, batched: prompts of equal length share one KV cache
+    (no padding, so every row computes exactly what it would alone).
 
-    Same tokens as `smolmac.generate.generate(..., temp=0)` (argmax each step, stop at EOS).
+    Args:
+        prompts: token id lists.
+        max_tokens: tokens to generate at most, one int or one per prompt.
+        stop_ids: a row ends at any of these tokens (not included in its continuation).
+        done: optional `(index, tokens so far) -> bool`, asked after each new token (e.g. a stop
+            string appeared); True ends that row (the tokens so far are kept).
+    Returns:
+        the continuation of each prompt.
     """
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    from smolmac.data import end_of_turn_ids, hf_tokenizer
-    from smolmac.generate import format_prompt
-
-    hf = hf_tokenizer(tokenizer)
-    stop = set(getattr(tokenizer, "eos_token_ids", None) or []) or end_of_turn_ids(tokenizer)
-    encoded = [hf.encode(format_prompt(tokenizer, p), add_special_tokens=not getattr(hf, "chat_template", None)) for p in prompts]
-    out: list[str | None] = [None] * len(prompts)
+    limits = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+    out: list[list[int]] = [[] for _ in prompts]
     by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
+    for i, ids in enumerate(prompts):
         by_len.setdefault(len(ids), []).append(i)
     model.eval()
     for group in by_len.values():
         for j in range(0, len(group), batch_size):
             idx = group[j : j + batch_size]
             cache = make_prompt_cache(model)
-            logits = model(mx.array([encoded[i] for i in idx]), cache=cache)[:, -1]  # (B, V)
-            tokens, finished = [], [False] * len(idx)
-            for _ in range(max_tokens):
+            logits = model(mx.array([prompts[i] for i in idx]), cache=cache)[:, -1]  # (B, V)
+            finished = [limits[i] <= 0 for i in idx]
+            while not all(finished):
                 nxt = mx.argmax(logits, axis=-1)
-                ids = nxt.tolist()
-                tokens.append(ids)
-                finished = [f or t in stop for f, t in zip(finished, ids)]
+                for b, (i, t) in enumerate(zip(idx, nxt.tolist())):
+                    if finished[b]:
+                        continue
+                    if t in stop_ids:
+                        finished[b] = True
+                        continue
+                    out[i].append(t)
+                    finished[b] = len(out[i]) >= limits[i] or bool(done and done(i, out[i]))
                 if all(finished):
                     break
                 logits = model(nxt[:, None], cache=cache)[:, -1]
-            for b, i in enumerate(idx):
-                seq = []
-                for step in tokens:
-                    if step[b] in stop:
-                        break
-                    seq.append(step[b])
-                out[i] = hf.decode(seq)
-    return out  # type: ignore[return-value]
+    return out
+
+
+def greedy_answers(model, tokenizer, prompts: list[str], max_tokens: int = 16, batch_size: int = 64) -> list[str]:
+    """Greedy chat completions, batched: prompts of equal token length share one KV cache.
+
+    Same tokens as `smolmac.generate.generate(..., temp=0)` (argmax each step, stop at EOS).
+    """
+    from smolmac.data import end_of_turn_ids, hf_tokenizer
+    from smolmac.generate import format_prompt
+
+    hf = hf_tokenizer(tokenizer)
+    stop = set(getattr(tokenizer, "eos_token_ids", None) or []) or end_of_turn_ids(tokenizer)
+    encoded = [hf.encode(format_prompt(tokenizer, p), add_special_tokens=not getattr(hf, "chat_template", None)) for p in prompts]
+    return [hf.decode(seq) for seq in greedy_tokens(model, encoded, max_tokens, stop, batch_size)]
 
 
 def exact_match(model, tokenizer, rows: list[dict], max_tokens: int = 16, return_answers: bool = False):
