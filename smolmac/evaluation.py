@@ -57,6 +57,9 @@ def evaluator(cfg, model, tokenizer, task, retain=None):
     """
     from smolmac.generate import generate
 
+    # held-out answers (eval.exact_match) scored at every eval of a run that teaches answers
+    answers = load_eval_rows(cfg.eval.exact_match, "answers") if cfg.eval.exact_match and _changes_knowledge(cfg) else None
+
     def evaluate(step: int) -> list:
         out = []
         val_loss, extra = None, {}
@@ -67,7 +70,9 @@ def evaluator(cfg, model, tokenizer, task, retain=None):
                 extra.update(task.evaluate_extra(model))
         if retain is not None:
             extra.update(retain_metrics(model, retain))
-        if task.valid is not None or retain is not None:
+        if answers is not None:
+            extra["exact_match"] = round(exact_match(model, tokenizer, answers), 4)
+        if extra or task.valid is not None:
             out.append(ev.Eval(step=step, val_loss=None if val_loss is None else round(val_loss, 6),
                                val_ppl=None if val_loss is None else _ppl(val_loss), extra=extra))
         model.eval()
@@ -111,12 +116,17 @@ def _windows(tokens: np.ndarray, max_len: int) -> list[np.ndarray]:
     return [tokens[i : i + max_len + 1] for i in range(0, max(len(tokens) - 1, 1), max_len) if len(tokens[i : i + max_len + 1]) > 1]
 
 
-def measures_retain(cfg) -> bool:
-    """Retain metrics are for runs that change what a model knows: sft, dpo, orpo (not pretrain)."""
+def _changes_knowledge(cfg) -> bool:
+    """sft, dpo and orpo runs (not pretraining, not the tokenizer)."""
     from smolmac.methods import method
 
     m = method(cfg.method)
-    return bool(cfg.eval.retain) and m.trains and m.data != "corpus"
+    return m.trains and m.data != "corpus"
+
+
+def measures_retain(cfg) -> bool:
+    """Retain metrics are for runs that change what a model knows: sft, dpo, orpo (not pretrain)."""
+    return bool(cfg.eval.retain) and _changes_knowledge(cfg)
 
 
 def retain_batches(cfg, tokenizer):

@@ -31,7 +31,10 @@ def sft(model, train_file, retain, **train):
 
 
 def test_sft_run_reports_retain_before_and_at_every_eval(tiny_model, chat_file, retain_file, tmp_path):
-    run = smolmac.train(sft(tiny_model, chat_file, retain_file), run_dir=tmp_path / "run")
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": "reverse: the cat", "completion": "cat the"}, {"prompt": "reverse: a dog", "completion": "dog a"}])
+    rec = sft(tiny_model, chat_file, retain_file)
+    rec["eval"]["exact_match"] = str(answers)
+    run = smolmac.train(rec, run_dir=tmp_path / "run")
     start = run.last("start")
     # the "before" is the base model's: LoRA starts at zero
     model, tok, _, _ = load_model(str(tiny_model))
@@ -43,6 +46,7 @@ def test_sft_run_reports_retain_before_and_at_every_eval(tiny_model, chat_file, 
     assert [e["step"] for e in evals] == [3, 6] and all("val_loss" not in e for e in evals)
     for e in evals:
         assert e["retain_ppl"] == pytest.approx(math.exp(e["retain_loss"]), rel=1e-4)
+        assert e["exact_match"] in (0.0, 0.5, 1.0)  # held-out answers scored at every eval too
     assert evals[-1]["retain_loss"] != start["retain_loss"]  # lr 2e-2 on another task moves it
     # the same number from the saved adapter
     from smolmac.adapters import attach
