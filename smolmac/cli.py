@@ -241,7 +241,7 @@ def cmd_train(args) -> int:
         if cfg.stages:
             from smolmac.pipeline import format_stage_table
 
-            view.console.print(format_stage_table(run_dir), highlight=False)
+            view.console.print(format_stage_table(run_dir), highlight=False, soft_wrap=True)
     return 0
 
 
