@@ -234,22 +234,26 @@ def evaluate(base: str | None = None, adapters=None, tasks=None, limit=None, inc
     return res
 
 
-def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out=None, on_message=None) -> dict:
-    """`smolmac bench`: "sft" (vs mlx-lm), "dpo" (vs SFT) or "pretrain" (MFU); returns the results.
+def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out=None, on_message=None, work=None) -> dict:
+    """`smolmac bench`: "sft" (vs mlx-lm), "dpo" (vs SFT), "pretrain" (MFU) or "forgetting" (LoRA
+    vs full fine-tuning: task score and retain perplexity); returns the results.
 
     Args:
-        what: "sft", "dpo" or "pretrain".
-        size: "tiny" or "135m" (135m needs a GPU or a Mac).
+        what: "sft", "dpo", "pretrain" or "forgetting".
+        size: "tiny" or "135m" (135m needs a GPU or a Mac; forgetting: tiny only).
         steps: measured steps per system (default: the benchmark's).
-        batch_size: rows per batch.
+        batch_size: rows per batch (not forgetting: it uses the quickstart's 16).
         out: also write the results as JSON here.
         on_message: receives the printed table lines.
+        work: forgetting: keep the pretrained model and the runs in this folder (reused later).
     """
     from smolmac.bench import SIZES, run_bench
     from smolmac.errors import UserError
 
-    if what not in ("sft", "dpo", "pretrain"):
-        raise UserError(f"bench: '{what}' is not a benchmark; choose sft, dpo or pretrain.")
+    if what not in ("sft", "dpo", "pretrain", "forgetting"):
+        raise UserError(f"bench: '{what}' is not a benchmark; choose sft, dpo, pretrain or forgetting.")
     if size not in SIZES:
         raise UserError(f"bench: size '{size}' is unknown; choose {' or '.join(SIZES)}.")
-    return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None))
+    if what == "forgetting" and size != "tiny":  # its models are the quickstart's micro Llama
+        raise UserError(f"bench forgetting: --size {size} is not available; it trains the quickstart's tiny model (drop --size).")
+    return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None), work=work)

@@ -73,12 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="Show the files and the model card; upload nothing (offline).")
     u.add_argument("--message", help="Commit message.")
 
-    b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain).")
-    b.add_argument("what", choices=["sft", "dpo", "pretrain"], help="Which benchmark.")
+    b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain), LoRA vs full forgetting (forgetting).")
+    b.add_argument("what", choices=["sft", "dpo", "pretrain", "forgetting"], help="Which benchmark.")
     b.add_argument("--size", default="tiny", choices=["tiny", "135m"], help="Model shape (135m needs a GPU or a Mac).")
     b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
     b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
+    b.add_argument("--work", metavar="DIR", help="forgetting: keep the pretrained model and both runs here (a later call reuses them).")
 
     ev = sub.add_parser("eval", help="lm-evaluation-harness tasks on a base and its adapters (one table).", description="Run EleutherAI's lm-evaluation-harness tasks on a base model and on each adapter, the base loaded once and the adapters switched on it; prints one table (task x base/adapters). Needs pip install 'smolmac[eval]'.")
     ev.add_argument("base", nargs="?", help="Hub id or model directory (default: the base the first adapter records).")
@@ -305,7 +306,7 @@ def cmd_adapters(args) -> int:
 def cmd_bench(args) -> int:
     from smolmac import api
 
-    api.bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
+    api.bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print, work=args.work)
     return 0
 
 

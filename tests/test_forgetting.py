@@ -102,6 +102,23 @@ def test_bad_retain_is_one_sentence_naming_the_key(tiny_model, chat_file, tmp_pa
         load_recipe({"model": "m", "eval": {"retain_rows": 0}})
 
 
+def test_cli_bad_retain_format_exits_2_with_one_line(tiny_model, chat_file, tmp_path, capsys):
+    import yaml
+
+    from smolmac.cli import main
+
+    pdf = tmp_path / "notes.pdf"
+    pdf.write_bytes(b"%PDF-1.4")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(sft(tiny_model, chat_file, pdf)))
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: eval.retain: ") and "notes.pdf is a '.pdf' file" in err and "\n" not in err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    with pytest.raises(UserError, match="bench forgetting: --size 135m is not available"):
+        smolmac.bench("forgetting", size="135m")
+
+
 def test_pipeline_keeps_the_pretraining_validation_text_and_shows_kept(tiny_model, chat_file, tmp_path):
     text = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t} for t in corpus(200, seed=5)])
     recipe = {
@@ -162,3 +179,33 @@ def test_cli_summary_says_what_the_run_cost(tiny_model, chat_file, retain_file, 
     events = [json.loads(x) for x in (tmp_path / "c" / "events.jsonl").read_text().splitlines()]
     before, after = events[0]["retain_ppl"], [e for e in events if e["type"] == "eval"][-1]["retain_ppl"]
     assert retain_text(before, after) in out
+
+
+def test_matched_points():
+    from smolmac.forgetting import matched
+
+    curves = {"lora": {"points": [{"step": 25, "exact_match": 0.0, "answer_loss": 0.9}, {"step": 50, "exact_match": 0.2, "answer_loss": 0.5},
+                                  {"step": 75, "exact_match": 0.3, "answer_loss": 0.4}]},
+              "full": {"points": [{"step": 25, "exact_match": 0.4, "answer_loss": 0.3}, {"step": 50, "exact_match": 0.7, "answer_loss": 0.1}]}}
+    assert {m: p["step"] for m, p in matched(curves).items()} == {"lora": 75, "full": 25}  # both reach 30%
+    assert {m: p["step"] for m, p in matched(curves, "answer_loss").items()} == {"lora": 75, "full": 25}  # both reach 0.4
+    curves["lora"]["points"] = curves["lora"]["points"][:1]
+    assert matched(curves) is None and matched(curves, "answer_loss")["full"]["step"] == 25
+
+
+@pytest.mark.slow
+def test_bench_forgetting_end_to_end_on_a_few_steps(tmp_path):
+    """The whole benchmark (tokenizer, pretraining, LoRA and full SFT with evals) on a few steps;
+    a second call reuses what the first left in `work`."""
+    from smolmac.forgetting import bench_forgetting
+
+    lines = []
+    res = bench_forgetting(steps=4, eval_every=2, pretrain_steps=4, work=tmp_path / "w", on_message=lines.append)
+    assert set(res["curves"]) == {"lora", "full"}
+    lora, full = res["curves"]["lora"], res["curves"]["full"]
+    assert lora["retain_before"] == full["retain_before"] > 1  # the same pretrained model, measured twice
+    assert lora["trainable_params"] < full["trainable_params"]
+    assert [p["step"] for p in lora["points"]] == [2, 4] and all(p["retain_ppl"] > 1 for p in full["points"])
+    assert any(line.startswith("at the end (4 steps):") for line in lines) and any(line.startswith("lora ") for line in lines)
+    again = bench_forgetting(steps=4, eval_every=2, pretrain_steps=4, work=tmp_path / "w", on_message=lines.append)
+    assert again["curves"] == res["curves"]
