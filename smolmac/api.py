@@ -16,10 +16,17 @@ from smolmac.config import Config, load_recipe
 from smolmac.runs import Run, default_run_dir, read_config, run_training
 
 __all__ = ["train", "run", "load", "export", "upload", "combine", "runs", "read_run", "bench", "evaluate"]
+__all__ += ["recipes", "inspect"]
 
 
-def run(cfg: Config, run_dir: str | Path, resume: bool = False, on_event=None, stop=None) -> Run:
-    """Train a resolved recipe in `run_dir`: a pipeline when it has `stages:`, else one run."""
+def run(cfg: Config, run_dir: str | Path, resume: bool = False, on_event=None, stop=None,
+        nproc: int | None = None, hostfile: str | None = None, backend: str | None = None) -> Run:
+    """Train a resolved recipe in `run_dir`: a pipeline when it has `stages:`, else one run;
+    data-parallel over `nproc` local processes or the hosts of `hostfile` (smolmac/hosts.py)."""
+    if (nproc is not None and nproc != 1) or hostfile:  # --nproc 1 is an ordinary run
+        from smolmac.hosts import train_group
+
+        return train_group(cfg, Path(run_dir), resume, nproc=nproc, hostfile=hostfile, backend=backend, on_event=on_event, stop=stop)
     if cfg.stages:
         from smolmac.pipeline import run_pipeline
 
@@ -27,7 +34,8 @@ def run(cfg: Config, run_dir: str | Path, resume: bool = False, on_event=None, s
     return run_training(cfg, Path(run_dir), resume=resume, on_event=on_event, stop=stop)
 
 
-def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, on_event=None, stop=None, **overrides) -> Run:
+def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, on_event=None, stop=None,
+          nproc: int | None = None, hostfile: str | None = None, backend: str | None = None, **overrides) -> Run:
     """`smolmac train`: train from a recipe path, mapping or Config; keyword overrides mirror the
     recipe keys.
 
@@ -37,6 +45,8 @@ def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, 
         resume: continue from the last checkpoint in run_dir.
         on_event: callback receiving each event dict.
         stop: threading.Event; when set, the run checkpoints and stops.
+        nproc: train data-parallel in this many local processes (mlx.launch, ring backend), or
+        hostfile: across the hosts of this mlx.launch hostfile, with `backend` (ring, jaccl, mpi).
         **overrides: e.g. `train={"lr": 1e-4}`, `model="path"`, `method="sft"`.
     """
     if resume and run_dir is not None and recipe is None:
@@ -44,7 +54,7 @@ def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, 
     else:
         cfg = load_recipe(recipe, overrides or None)
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    return run(cfg, run_dir, resume=resume, on_event=on_event, stop=stop)
+    return run(cfg, run_dir, resume=resume, on_event=on_event, stop=stop, nproc=nproc, hostfile=hostfile, backend=backend)
 
 
 def load(base: str | None = None, adapters=None, dtype: str = "auto"):
@@ -160,7 +170,8 @@ def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=
 
 def runs(runs_dir: str | Path = "runs") -> list[dict]:
     """`smolmac runs`: summaries of every run in `runs_dir`, newest first (dir, name, status,
-    method, model, step, total_steps, loss, alive, error)."""
+    method, model, step, total_steps, loss, alive, error; a pipeline also has `current` and
+    `stages`, one summary per stage, and counts finished stages as its steps)."""
     from smolmac.launcher import Launcher, list_runs
 
     return list_runs(runs_dir, Launcher())
@@ -256,4 +267,44 @@ def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: i
         raise UserError(f"bench: size '{size}' is unknown; choose {' or '.join(SIZES)}.")
     if what == "forgetting" and size != "tiny":  # its models are the quickstart's micro Llama
         raise UserError(f"bench forgetting: --size {size} is not available; it trains the quickstart's tiny model (drop --size).")
+    if out is not None:  # checked before minutes of benchmarking, not when writing the results
+        if Path(out).is_dir():
+            raise UserError(f"--out: {out} is a directory; give a file name such as {Path(out) / 'bench.json'}.")
+        if not Path(out).parent.is_dir():
+            raise UserError(f"--out: the folder {Path(out).parent} does not exist; create it or write the results elsewhere.")
     return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None), work=work)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes and looking inside models (the app's workshop views)
+
+
+def recipes(user_dir: str | Path = "recipes") -> list[dict]:
+    """The recipes `train` finds by name: yours in `user_dir`, then the shipped ones.
+
+    Args:
+        user_dir: your recipes folder; a recipe there hides a shipped one of the same name.
+
+    Returns one `{name, path, about, pipeline, shipped}` per recipe (`smolmac recipes`).
+    """
+    from smolmac import config
+
+    return config.list_recipes(user_dir)
+
+
+def inspect(target: str | Path, tokens: str | None = None, neighbours: str | None = None, top: int = 8) -> dict:
+    """Look inside a model, a run or a pipeline (`smolmac inspect`).
+
+    Args:
+        target: a model (Hub id or folder), a run dir or a pipeline dir.
+        tokens: text to split into tokens (pieces, ids, characters per token).
+        neighbours: a token whose nearest tokens in the input embedding are listed, for the
+            base and for each trained model of the run or pipeline.
+        top: how many neighbours.
+
+    Returns a JSON-ready report: models, anatomy (parameters per part), adapter share, tokens,
+    chat template preview, neighbours (see smolmac.inspection).
+    """
+    from smolmac.inspection import inspect as inspect_
+
+    return inspect_(target, tokens=tokens, neighbours=neighbours, top=top)

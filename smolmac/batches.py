@@ -2,18 +2,24 @@
 similar length (few padded shapes, so compiled graphs are reused) and can pack short rows into
 one sequence; `PackedBatches` cuts a pretraining token stream into fixed-length sequences.
 
-Every stream has `stream(start_micro)` yielding `(arrays, n_real_tokens)` forever, from the same
-position on every run (resume skips k micro-batches without touching the data), `once()` for
-evaluation, and `len()` = micro-batches per epoch.
+Every stream has `stream(start_micro, shard)` yielding `(arrays, n_real_tokens)` forever, from
+the same position on every run (resume skips k micro-batches without touching the data), `once()`
+for evaluation, and `len()` = micro-batches per epoch. With `shard=(rank, size)` (data parallel,
+smolmac/distributed.py) process `rank` gets its contiguous slice of the rows of each micro-batch
+of the same sequence; a process whose slice is empty (a short last micro-batch) gets one row to
+run with n_real_tokens = 0, which the loop weights by 0. `fingerprint()` hashes the tokenised data
+(processes of a group compare it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
 
 from smolmac.data import Example
+from smolmac.distributed import shard_bounds
 from smolmac.errors import UserError
 
 
@@ -80,12 +86,15 @@ class Batches:
             raise UserError("data: no training rows are left after tokenisation.")
         self.batch_size, self.max_len, self.seed, self.pad_id = batch_size, max_len, seed, pad_id
         self.examples, self.truncated = truncate(examples, max_len)
+        # rows whose kept tokens are all prompt (the first token is never a target)
+        self.untrained = sum(1 for e in self.examples if not e.mask[1:].any())
         self.packing = packing
         if packing:
             items = pack(self.examples, max_len, seed)
         else:
             items = [(e.tokens, e.mask, None) for e in self.examples]
         self.items = items
+        self.sequences = len(items)  # rows, or packed sequences, per epoch
         order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
         self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.longest = pad_to(max(len(t) - 1 for t, _, _ in items), cap=max_len)  # widest batch
@@ -117,16 +126,31 @@ class Batches:
         arrays = (inputs, targets, mask) if segments is None else (inputs, targets, mask, segments)
         return arrays, tokens
 
-    def stream(self, start: int = 0):
-        """Yield (arrays, n_real_non_pad_tokens) forever, from micro-batch number `start`."""
+    def make_shard(self, group: list[int], shard: tuple[int, int]):
+        """Process `shard[0]` of `shard[1]`'s rows of a micro-batch (see the module docstring)."""
+        lo, hi = shard_bounds(len(group), *shard)
+        if lo == hi:
+            return self.make(group[:1])[0], 0
+        return self.make(group[lo:hi])
+
+    def stream(self, start: int = 0, shard: tuple[int, int] = (0, 1)):
+        """Yield (arrays, n_real_non_pad_tokens) forever, from micro-batch number `start`
+        (counted in whole micro-batches of the group, whatever its size)."""
         per_epoch = len(self.groups)
         k = start
         while True:
             epoch, pos = divmod(k, per_epoch)
             order = self.epoch_order(epoch)
             for i in order[pos:]:
-                yield self.make(self.groups[i])
+                yield self.make_shard(self.groups[i], shard)
                 k += 1
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(repr((len(self.groups), self.batch_size, self.max_len)).encode(), digest_size=16)
+        for t, m, _ in self.items:
+            h.update(np.ascontiguousarray(t).tobytes())
+            h.update(np.ascontiguousarray(m).tobytes())
+        return h.hexdigest()
 
     def once(self):
         """Every batch once, in length order (evaluation)."""
@@ -146,6 +170,7 @@ class PackedBatches:
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.n_seq = (len(tokens) - 1) // seq_len
+        self.sequences, self.untrained = self.n_seq, 0
         self.per_epoch = max(self.n_seq // batch_size, 1) if self.n_seq else 0
         self.truncated = 0
         self.real_tokens = self.n_seq * seq_len
@@ -160,17 +185,25 @@ class PackedBatches:
         inputs, targets = seqs[:, :-1], seqs[:, 1:]
         return (inputs, targets, np.ones(inputs.shape, np.float32)), inputs.size
 
-    def stream(self, start: int = 0):
-        """Yield (arrays, n_tokens) forever, from micro-batch number `start`."""
+    def stream(self, start: int = 0, shard: tuple[int, int] = (0, 1)):
+        """Yield (arrays, n_tokens) forever, from micro-batch number `start`; with `shard`,
+        this process's rows of each micro-batch (see the module docstring)."""
         B, k = min(self.batch_size, self.n_seq), start
         while True:
             epoch, pos = divmod(k, self.per_epoch)
             order = np.random.default_rng([self.seed, epoch]).permutation(self.n_seq)
             for j in range(pos, self.per_epoch):
-                batch = self.make(order[j * B : (j + 1) * B])
+                idx = order[j * B : (j + 1) * B]
+                lo, hi = shard_bounds(len(idx), *shard)
+                batch = self.make(idx[lo:hi]) if hi > lo else (self.make(idx[:1])[0], 0)
                 self.yields = self.yields[-255:] + [(time.perf_counter(), batch[1])]
                 yield batch
                 k += 1
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(repr((self.n_seq, self.seq_len, self.batch_size)).encode(), digest_size=16)
+        h.update(np.ascontiguousarray(self.tokens).tobytes())
+        return h.hexdigest()
 
     def once(self):
         """Every sequence once, in order (evaluation)."""

@@ -4,6 +4,8 @@
     smolmac train recipes/quickstart.yaml    # train from a recipe (progress bar)
     smolmac train RECIPE --set train.lr=1e-4 --run-dir runs/x [--json | --quiet]
     smolmac train --resume runs/x            # continue from the last checkpoint
+    smolmac train RECIPE --nproc 2           # data parallel: 2 processes (or --hostfile hosts.json)
+    smolmac launch-check --hostfile hosts.json RECIPE   # can every host run it?
     smolmac generate --model M [--adapter runs/x] --prompt "Hi"
     smolmac generate --model M --adapter math=runs/a --adapter style=runs/b --use math --prompt "Hi"
     smolmac export runs/x --format peft|hf|mlx|mlx-q4|mlx-q8|ollama --to out/ [--dtype bfloat16]
@@ -12,7 +14,9 @@
     smolmac upload out/ --repo you/name [--private] [--dry-run]
     smolmac bench sft|dpo|pretrain|forgetting
     smolmac eval BASE --adapter math=runs/a --tasks arc_easy,hellaswag [--limit N]
-    smolmac runs                             # list runs
+    smolmac runs                             # list runs (a pipeline with its stages)
+    smolmac recipes                          # the recipes `smolmac train NAME` finds
+    smolmac inspect MODEL_OR_RUN [--tokens TEXT] [--neighbours TOKEN] [--json]
 
 Every user error ends in one sentence on stderr and exit code 2.
 """
@@ -29,12 +33,35 @@ from pathlib import Path
 from smolmac.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-sentence errors of the rest of smolmac (no usage block)."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}; see `{self.prog} --help`.", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind, lo=None, hi=None, lo_open=False):
+    """An argparse type: a number of `kind` within [lo, hi] ((lo, hi] when lo_open)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, not {text!r}") from None
+        if value != value or (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+            bounds = f"in {'(' if lo_open else '['}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
+    p = _Parser(prog="smolmac", description="Make a small language model your own: pretrain, fine-tune, align, chat and export on MLX. Without a command, opens the app.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
-    t.add_argument("recipe", nargs="?", help="Recipe YAML (not needed with --resume DIR).")
+    t.add_argument("recipe", nargs="?", help="Recipe YAML, or the name of one (`smolmac recipes`); not needed with --resume DIR.")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable).")
     t.add_argument("--run-dir", help="Run directory (default runs/<recipe>-<timestamp>).")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR", help="Continue the run in DIR (or --run-dir) from its last checkpoint.")
@@ -42,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="Stream events as JSON lines to stdout instead of a progress bar.")
     out.add_argument("--quiet", action="store_true", help="Print nothing but errors.")
     t.add_argument("--help-keys", action="store_true", help="List every recipe key with its default and help, then exit.")
+    t.add_argument("--nproc", type=int, help="Train data-parallel in N processes on this machine (mlx.launch, ring backend).")
+    t.add_argument("--hostfile", help="Train data-parallel across the hosts of this mlx.launch hostfile (JSON), one process each.")
+    t.add_argument("--backend", choices=["ring", "jaccl", "mpi"], help="mx.distributed backend for --hostfile (default: the hostfile's, else ring).")
 
     g = sub.add_parser("generate", help="Stream a completion from a model (optionally with adapters).", description="Load a base model once with any number of named adapters and stream a completion with one of them (or the base).")
     g.add_argument("--model", required=True, help="Hub id or local model directory.")
@@ -49,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--use", metavar="NAME", help="Which adapter answers ('none' for the base); needed when several are loaded.")
     g.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
-    g.add_argument("--max-tokens", type=int, default=256, help="Tokens to generate (default 256).")
-    g.add_argument("--temp", type=float, default=0.0, help="Sampling temperature; 0 = greedy (default).")
-    g.add_argument("--top-p", type=float, default=1.0, help="Nucleus sampling threshold (default 1.0).")
+    g.add_argument("--max-tokens", type=_number(int, 1), default=256, help="Tokens to generate, >= 1 (default 256).")
+    g.add_argument("--temp", type=_number(float, 0), default=0.0, help="Sampling temperature, >= 0; 0 = greedy (default).")
+    g.add_argument("--top-p", type=_number(float, 0, 1, lo_open=True), default=1.0, help="Nucleus sampling threshold in (0, 1] (default 1.0).")
     g.add_argument("--raw", action="store_true", help="Do not apply the chat template.")
 
     from smolmac.export import EXPORTERS
@@ -76,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain), LoRA vs full forgetting (forgetting).")
     b.add_argument("what", choices=["sft", "dpo", "pretrain", "forgetting"], help="Which benchmark.")
     b.add_argument("--size", default="tiny", choices=["tiny", "135m"], help="Model shape (135m needs a GPU or a Mac).")
-    b.add_argument("--steps", type=int, default=None, help="Measured steps per system.")
-    b.add_argument("--batch-size", type=int, default=8, help="Batch size (default 8).")
+    b.add_argument("--steps", type=_number(int, 1), default=None, help="Measured steps per system, >= 1.")
+    b.add_argument("--batch-size", type=_number(int, 1), default=8, help="Batch size, >= 1 (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
     b.add_argument("--work", metavar="DIR", help="forgetting: keep the pretrained model and both runs here (a later call reuses them).")
 
@@ -93,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--chat-template", action="store_true", help="Render prompts with the tokenizer's chat template.")
     ev.add_argument("--out", help="Also write the scores and lm-eval's full results as JSON here.")
 
+    lc = sub.add_parser("launch-check", help="Check that every host of a hostfile can run a recipe data-parallel.")
+    lc.add_argument("recipe", nargs="?", help="Recipe whose model and data paths every host must see.")
+    lc.add_argument("--hostfile", required=True, help="mlx.launch hostfile (JSON).")
+    lc.add_argument("--backend", choices=["ring", "jaccl", "mpi"], help="Backend to check for (default: the hostfile's, else ring).")
+
     ad = sub.add_parser("adapters", help="Work with adapters: combine several into one.")
     adsub = ad.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = adsub.add_parser("combine", help="Combine adapters into one (PEFT's add_weighted_adapter).", description="Combine adapters of one base model into one adapter with PEFT's add_weighted_adapter definitions: linear (equal ranks; A and B weighted by sqrt(weight x scaling)), cat (ranks concatenated; exact sum of the weighted updates), svd (the weighted sum of the updates re-factorised to --rank).")
@@ -105,7 +140,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
-    r.add_argument("dir", nargs="?", default="runs", help="Runs folder (default runs/).")
+    r.add_argument("dir", nargs="?", default=None, help="Runs folder (default runs/).")
+
+    rc = sub.add_parser("recipes", help="List the recipes `smolmac train NAME` finds: yours in ./recipes, then the shipped ones.")
+    rc.add_argument("--dir", default="recipes", help="Your recipes folder (default recipes/).")
+
+    i = sub.add_parser("inspect", help="Look inside a model or run: tokens, parameters per block, nearest tokens.")
+    i.add_argument("target", help="A model (Hub id or folder), a run dir (its adapter counts as trained) or a pipeline dir.")
+    i.add_argument("--tokens", metavar="TEXT", help="Show how TEXT splits into tokens (pieces and ids).")
+    i.add_argument("--neighbours", metavar="TOKEN", help="The tokens nearest to TOKEN in the input embedding (cosine similarity).")
+    i.add_argument("--top", type=int, default=8, help="How many neighbours (default 8).")
+    i.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
     a = sub.add_parser("tui", help="Open the Textual app.")
     a.add_argument("--runs", default="runs", help="Runs folder (default runs/).")
@@ -119,8 +164,8 @@ def _parser() -> argparse.ArgumentParser:
 def _print_keys():
     from smolmac.config import field_help
 
-    for key, tp, default, help_ in field_help():
-        print(f"{key:24} {tp:22} default {default!r}\n    {help_}")
+    for key, tp, default, help_, valid in field_help():
+        print(f"{key:24} {tp:22} default {default!r}" + (f"  ({valid})" if valid else "") + f"\n    {help_}")
 
 
 class ProgressView:
@@ -160,20 +205,26 @@ class ProgressView:
                 self.progress.remove_task(self.task)
             if e["method"] in ("pipeline", "tokenizer"):
                 return  # stage lines and the final table say what happens
-            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
+            log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f", {e['dtype']}" if e.get("dtype") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
             if e.get("memory_estimate_gb") is not None:
                 log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['memory_budget_gb']:.0f} GB available" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
             if e.get("memory_suggestion"):
                 log(f"[yellow]this may not fit in memory: {e['memory_suggestion']}[/]")
+            if e.get("world_size", 1) > 1:
+                log(f"data parallel: {e['world_size']} processes on {e['hosts']} host{'s' if e['hosts'] > 1 else ''}, {e['gradient_bytes_per_step'] / 1e6:,.2f} MB of gradients all-reduced per step")
             self.task = self.progress.add_task(e["method"], total=e["total_steps"], completed=e["step"], info="")
         elif kind == "train" and self.task is not None:
             info = f"loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_second']:,.0f} tok/s  {e['peak_memory_gb']:.2f} GB"
             self.progress.update(self.task, completed=e["step"], info=info)
         elif kind == "eval":
             self.retain[1] = e.get("retain_ppl", self.retain[1])
-            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl") and isinstance(v, (int, float)))
-            val = f"val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}  " if e.get("val_loss") is not None else ""
-            log(f"step {e['step']}: {val}{extra}")
+            extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl", "stage") and isinstance(v, (int, float)) and not isinstance(v, bool))
+            val = f"val loss {e['val_loss']:.4f}" + (f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else "") + "  " if e.get("val_loss") is not None else ""
+            log(f"step {e['step']}: {val}{extra}".rstrip())
+        elif kind == "warning":
+            from rich.text import Text
+
+            log(Text.assemble(("warning: ", "yellow"), e["message"]))
         elif kind == "sample":
             log(f"[dim]step {e['step']} sample[/] {e['prompt']!r} → {e['completion']!r}")
         elif kind == "checkpoint":
@@ -194,12 +245,61 @@ class ProgressView:
             log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
 
 
+def _show_json(e):
+    print(json.dumps(e, ensure_ascii=False), flush=True)
+
+
+def _train_process(args, stop) -> int:
+    """One process of a data-parallel group (started by mlx.launch for --nproc/--hostfile):
+    process 0 prints its events as JSON lines for the launcher, the others print nothing.
+
+    It ends with os._exit: everything is written and closed by then, and Python's final garbage
+    collection of a heap holding transformers and mlx-lm takes seconds (measured: 4 s for one
+    process, 13 s for two sharing 2 cores), while the group is done only when all have exited.
+    """
+    import os
+    import traceback
+
+    from smolmac import api, distributed, runs
+
+    run_dir = Path(args.run_dir)
+
+    def run(cfg, rd, resume, main):
+        api.run(cfg, rd, resume=resume, on_event=_show_json if main else None, stop=stop)
+
+    try:
+        code = distributed.run_worker(lambda: (runs.read_config(run_dir), run_dir, bool(args.resume)), run, stop)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints already written are kept.", file=sys.stderr)
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def cmd_train(args) -> int:
     if args.help_keys:
         _print_keys()
         return 0
-    from smolmac import api, runs
+    from smolmac import api, distributed, runs
     from smolmac.config import load_recipe
+
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    if distributed.is_worker():
+        return _train_process(args, stop)
 
     resume = bool(args.resume)
     run_dir = args.resume if isinstance(args.resume, str) else args.run_dir
@@ -215,21 +315,13 @@ def cmd_train(args) -> int:
     else:
         cfg = load_recipe(args.recipe, args.overrides)
     run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
-
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_sigint)
+    if args.backend and not args.hostfile:
+        raise UserError("--backend: applies to --hostfile runs (--nproc always uses the ring backend); add --hostfile HOSTS or drop --backend.")
+    group = {"nproc": args.nproc, "hostfile": args.hostfile, "backend": args.backend}
     if args.json:
-        def show(e):
-            print(json.dumps(e, ensure_ascii=False), flush=True)
-        api.run(cfg, run_dir, resume=resume, on_event=show, stop=stop)
+        api.run(cfg, run_dir, resume=resume, on_event=_show_json, stop=stop, **group)
     elif args.quiet:
-        api.run(cfg, run_dir, resume=resume, stop=stop)
+        api.run(cfg, run_dir, resume=resume, stop=stop, **group)
     else:
         from smolmac import _blas
 
@@ -238,7 +330,7 @@ def cmd_train(args) -> int:
             view.console.print(f"[yellow]{_blas.HINT}[/]")
         view.console.print(f"run dir: {run_dir}")
         with view:
-            api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop)
+            api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop, **group)
         if cfg.stages:
             from smolmac.pipeline import format_stage_table
 
@@ -255,6 +347,8 @@ def cmd_generate(args) -> int:
     from smolmac import api
     from smolmac.adapters import parse_adapter_specs
 
+    if not args.prompt.strip():
+        raise UserError("--prompt: the prompt is empty; give some text, e.g. --prompt \"Hi\".")
     model, specs = args.model, args.adapter
     if len(specs) == 1 and "=" not in specs[0] and (Path(specs[0]) / "model" / "config.json").is_file():
         model, specs = str(Path(specs[0]) / "model"), []  # a full fine-tune run: its model/ is the model
@@ -318,16 +412,64 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_launch_check(args) -> int:
+    from smolmac.hosts import launch_check
+
+    return 0 if launch_check(args.hostfile, args.recipe, args.backend, on_message=print) == 0 else 1
+
+
 def cmd_runs(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from smolmac import api
+    from smolmac.pipeline import headline
 
-    table = Table("run", "status", "method", "model", "step", "loss")
-    for r in api.runs(args.dir):
-        table.add_row(r["name"], r["status"], str(r["method"]), str(r["model"]), f"{r['step']}/{r['total_steps'] or '?'}", f"{r['loss']:.4f}" if r["loss"] is not None else "")
+    folder = Path(args.dir or "runs")
+    if args.dir is not None and not folder.is_dir():
+        raise UserError(f"runs: {folder} {'is a file' if folder.exists() else 'does not exist'}; give the folder that holds your run directories (default runs/).")
+    if not folder.is_dir():
+        print("no runs yet in runs/; start one with `smolmac train RECIPE`.")
+        return 0
+
+    def step(r):
+        if r["status"] == "pending" or (r.get("method") == "tokenizer" and not r.get("total_steps")):
+            return "-"
+        return f"{r['step']}/{r['total_steps'] or '?'}"
+
+    table = Table("run", "status", "method", "model", "step", "loss", "learned")
+    for r in api.runs(folder):
+        spec = r["model"].get("new") if isinstance(r["model"], dict) else None
+        model = f"new {spec.get('preset', 'nano')}" if isinstance(spec, dict) else str(r["model"])  # {new: {preset: micro}}
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else ""
+        if r.get("stages"):  # a pipeline: its row says which stage is current, then one row per stage
+            table.add_row(r["name"], r["status"], "pipeline", model, f"stage {r['step']}/{r['total_steps']}", loss, f"now: {r['current']}" if r["status"] != "finished" else "")
+            for s in r["stages"]:
+                table.add_row(f"  {s['label']}", s["status"], s["method"] or "-", "", step(s), f"{s['loss']:.4f}" if s["loss"] is not None else "", headline(s))
+        else:
+            table.add_row(r["name"], r["status"], str(r["method"]), model, step(r), loss, headline(r))
     Console().print(table)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from smolmac.api import recipes
+
+    rows = recipes(args.dir)
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        kind = "pipeline" if r["pipeline"] else "run"
+        print(f"{r['name']:<{width}}  {kind:<8}  {r['about']}" + ("" if r["shipped"] else f"  ({r['path']})"))
+    print("\nrun one with: smolmac train NAME")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from smolmac.api import inspect
+    from smolmac.inspection import format_report
+
+    report = inspect(args.target, tokens=args.tokens, neighbours=args.neighbours, top=args.top)
+    print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -339,11 +481,15 @@ def cmd_tui(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "adapters": cmd_adapters,
-            "bench": cmd_bench, "eval": cmd_eval, "runs": cmd_runs, "tui": cmd_tui, None: cmd_tui}
+            "bench": cmd_bench, "eval": cmd_eval, "launch-check": cmd_launch_check, "runs": cmd_runs, "recipes": cmd_recipes,
+            "inspect": cmd_inspect, "tui": cmd_tui, None: cmd_tui}
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 0
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -40,7 +40,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}); fix or remove that line.") from None
                 if not isinstance(row, dict):
-                    raise UserError(f"{path}:{i}: each line must be a JSON object, not {type(row).__name__}.")
+                    raise UserError(f"{path}:{i}: each line must be a JSON object, not {json_type(row)}.")
                 row[WHERE] = f"{path}:{i}"
                 rows.append(row)
         except UnicodeDecodeError:
@@ -69,7 +69,7 @@ def _read_json(path: Path) -> list[dict]:
     rows = []
     for i, row in enumerate(data):
         if not isinstance(row, dict):
-            raise UserError(f"{path}: item {i} must be a JSON object, not {type(row).__name__}.")
+            raise UserError(f"{path}: item {i} must be a JSON object, not {json_type(row)}.")
         row[WHERE] = f"{path}[{i}]"
         rows.append(row)
     return rows
@@ -90,7 +90,8 @@ def _read_with_datasets(path: Path, kind: str) -> list[dict]:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for a malformed file
         raise UserError(f"{path}: could not be read as {kind} ({str(e).splitlines()[0]}); check the file.") from None
-    return [{**row, WHERE: f"{path}:{i + 2 if kind == 'csv' else i}"} for i, row in enumerate(ds)]
+    # CSV: line i + 2 (after the header); parquet has no lines: row i
+    return [{**row, WHERE: f"{path}:{i + 2}" if kind == "csv" else f"{path}[row {i}]"} for i, row in enumerate(ds)]
 
 
 def read_file(path: Path) -> list[dict]:
@@ -171,19 +172,23 @@ def detect_format(row: dict, where: str = "data") -> str:
 def normalise_messages(messages, where: str) -> list[dict]:
     """OpenAI/ShareGPT messages -> [{"role", "content"}] with standard role names."""
     if not isinstance(messages, list) or not messages:
-        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects.")
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects, not {'an empty list' if messages == [] else json_type(messages)}.")
     out = []
-    for m in messages:
+    for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise UserError(f"{where}: every message must be an object with role and content, not {m!r}.")
+            raise UserError(f"{where}: every message must be an object with role and content, not {json_type(m)}.")
         role = m.get("role", m.get("from"))
         content = m.get("content", m.get("value"))
-        if role not in ROLE_ALIASES:
+        if role is None:
+            raise UserError(f"{where}: message {i + 1} has no 'role' (or ShareGPT 'from'); give each message a role such as user or assistant.")
+        if not isinstance(role, str) or role not in ROLE_ALIASES:
             raise UserError(f"{where}: unknown role '{role}'; use system, user, assistant or tool (ShareGPT human/gpt are mapped).")
         if content is None:
             content = ""
+        if isinstance(content, list):
+            raise UserError(f"{where}: message {i + 1} has a list as content (content parts); smolmac trains on text, so write the content as one string.")
         if not isinstance(content, str):
-            raise UserError(f"{where}: message content must be a string, not {type(content).__name__}.")
+            raise UserError(f"{where}: message {i + 1} content must be a string, not {json_type(content)}.")
         msg = {"role": ROLE_ALIASES[role], "content": content}
         for extra in ("tool_calls", "name", "tool_call_id"):
             if m.get(extra) is not None:
@@ -236,8 +241,35 @@ def require_chat_template(tokenizer, where: str):
         raise UserError(f"{where}: the tokenizer has no chat template, so chat data cannot be rendered; use a chat/instruct model, a text-format dataset, or add a chat_template to tokenizer_config.json.")
 
 
-def render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
-    return hf_tokenizer(tokenizer).apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render(tokenizer, messages, add_generation_prompt=False, tools=None, where: str = "data") -> str:
+    """The chat template's text for `messages`; a template that refuses them (roles that do not
+    alternate, a system turn it does not support, a field of the wrong type) is a UserError
+    naming `where`."""
+    from jinja2 import TemplateError
+
+    try:
+        return hf_tokenizer(tokenizer).apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except (TemplateError, TypeError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{where}: the chat template cannot render this conversation ({reason}); fix the row (e.g. alternate user and assistant turns) or use a model whose template accepts it.") from None
+
+
+def template_overhead(tokenizer) -> int:
+    """Tokens a chat exchange costs before any text: an empty user turn and an empty reply
+    rendered with the chat template (BOS, role headers, end-of-turn tokens), or, without a
+    template, the tokenizer's BOS and the EOS after a completion."""
+    hf = hf_tokenizer(tokenizer)
+    if getattr(hf, "chat_template", None):
+        empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+        return len(encode_templated(tokenizer, render(tokenizer, empty, where="the chat template")))
+    return len(bos_ids(tokenizer)) + (hf.eos_token_id is not None)
+
+
+def check_room(tokenizer, max_seq_len: int):
+    """Refuse a train.max_seq_len that leaves no room for text after the template's own tokens."""
+    need = template_overhead(tokenizer)
+    if max_seq_len <= need:
+        raise UserError(f"train.max_seq_len: {max_seq_len} leaves no room for text, since the chat template alone takes {need} tokens for an empty user turn and reply; raise train.max_seq_len well above {need} (e.g. 512).")
 
 
 def end_of_turn_ids(tokenizer) -> set[int]:
@@ -251,6 +283,56 @@ def end_of_turn_ids(tokenizer) -> set[int]:
         if isinstance(tid, int) and tid != hf.unk_token_id and tid >= 0:
             ids.add(tid)
     return ids
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before any text: its BOS for Llama-2, Mistral or
+    Gemma-style tokenizers, [] for GPT-2, SmolLM or Qwen-style ones.
+
+    Read from what the tokenizer does (`encode(add_special_tokens=True)` against `False`), not
+    from flags that differ between tokenizer classes; special tokens it appends (EOS) are not
+    included.
+    """
+    hf = hf_tokenizer(tokenizer)
+    plain = hf.encode("a", add_special_tokens=False)
+    full = hf.encode("a", add_special_tokens=True)
+    for k in range(len(full) - len(plain) + 1):
+        if full[k : k + len(plain)] == plain:
+            return list(full[:k])
+    return []
+
+
+def encode_plain(tokenizer, text: str) -> list[int]:
+    """Untemplated text as the tokenizer defines it: its BOS (see `bos_ids`; not doubled when
+    the text already starts with it), then the text's tokens, no EOS. Training (plain prompts,
+    text rows, pretraining documents) and generation both encode plain text this way."""
+    hf = hf_tokenizer(tokenizer)
+    ids = list(hf.encode(text, add_special_tokens=False))
+    bos = bos_ids(tokenizer)
+    return ids if not bos or ids[: len(bos)] == bos else bos + ids
+
+
+def encode_templated(tokenizer, text: str) -> list[int]:
+    """Chat-template output: the template writes BOS if the model wants one, so nothing is
+    added (as transformers' `apply_chat_template(tokenize=True)`, TRL and mlx-lm do)."""
+    return list(hf_tokenizer(tokenizer).encode(text, add_special_tokens=False))
+
+
+def json_type(value) -> str:
+    """A value's type as the data file spells it: null, a boolean, a number, a list, an object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _text(value, key: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: '{key}' must be a string, not {json_type(value)}.")
+    return value
 
 
 def _encode_spans(tokenizer, text: str, spans: list[tuple[int, int]], eot: set[int]) -> Example:
@@ -279,13 +361,13 @@ def tokenize_chat(tokenizer, messages: list[dict], where: str, tools=None, train
     The span of assistant turn i is the text between render(messages[:i], generation prompt) and
     render(messages[:i+1]); templates must render prefixes consistently (checked).
     """
-    full = render(tokenizer, messages, tools=tools)
+    full = render(tokenizer, messages, tools=tools, where=where)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] not in train_roles:
             continue
-        before = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
-        upto = render(tokenizer, messages[: i + 1], tools=tools)
+        before = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools, where=where) if i else ""
+        upto = render(tokenizer, messages[: i + 1], tools=tools, where=where)
         if not full.startswith(upto) or not upto.startswith(before):
             raise UserError(f"{where}: the chat template does not render conversation prefixes consistently (it rewrites earlier turns), so assistant turns cannot be masked; use a template without history rewriting.")
         spans.append((len(before), len(upto)))
@@ -295,12 +377,9 @@ def tokenize_chat(tokenizer, messages: list[dict], where: str, tools=None, train
 
 
 def tokenize_text(tokenizer, text: str, where: str) -> Example:
-    if not isinstance(text, str):
-        raise UserError(f"{where}: 'text' must be a string, not {type(text).__name__}.")
+    """A text row: the tokenizer's BOS (if it adds one), the text, EOS; every token trained."""
     hf = hf_tokenizer(tokenizer)
-    ids = hf.encode(text, add_special_tokens=False)
-    if hf.bos_token_id is not None and getattr(hf, "add_bos_token", False):
-        ids = [hf.bos_token_id] + ids
+    ids = encode_plain(tokenizer, _text(text, "text", where))
     eos = hf.eos_token_id
     if eos is not None and (not ids or ids[-1] != eos):
         ids = ids + [eos]
@@ -309,6 +388,10 @@ def tokenize_text(tokenizer, text: str, where: str) -> Example:
 
 
 def tokenize_prompt_completion(tokenizer, prompt, completion, where: str) -> Example:
+    """A prompt/completion row (strings or message lists); the mask covers the completion."""
+    for key, value in (("prompt", prompt), ("completion", completion)):
+        if not isinstance(value, (str, list)):
+            raise UserError(f"{where}: '{key}' must be a string or a list of messages, not {json_type(value)}.")
     if isinstance(prompt, list) or isinstance(completion, list):
         p = normalise_messages(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}], where)
         c = normalise_messages(completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}], where)
@@ -318,7 +401,7 @@ def tokenize_prompt_completion(tokenizer, prompt, completion, where: str) -> Exa
     if getattr(hf_tokenizer(tokenizer), "chat_template", None):
         return tokenize_chat(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], where)
     hf = hf_tokenizer(tokenizer)
-    p = hf.encode(prompt, add_special_tokens=False)
+    p = encode_plain(tokenizer, prompt)  # the tokens generation gives the model for this prompt
     c = hf.encode(completion, add_special_tokens=False) + ([hf.eos_token_id] if hf.eos_token_id is not None else [])
     ids = np.asarray(p + c, dtype=np.int32)
     return Example(ids, np.concatenate([np.zeros(len(p), bool), np.ones(len(c), bool)]))
@@ -334,7 +417,10 @@ def tokenize_rows(tokenizer, kind: str, rows: list[dict]) -> list[Example]:
         if kind == "text":
             out.append(tokenize_text(tokenizer, row["text"], where))
         elif kind == "messages":
-            out.append(tokenize_chat(tokenizer, normalise_messages(row["messages"], where), where, tools=row.get("tools")))
+            tools = row.get("tools")
+            if tools is not None and not isinstance(tools, list):
+                raise UserError(f"{where}: 'tools' must be a list of tool definitions, not {json_type(tools)}.")
+            out.append(tokenize_chat(tokenizer, normalise_messages(row["messages"], where), where, tools=tools))
         elif kind == "prompt_completion":
             out.append(tokenize_prompt_completion(tokenizer, row["prompt"], row["completion"], where))
         else:
@@ -367,8 +453,10 @@ def _row_text(row: dict, tokenizer, where: str) -> str:
     """A language-modelling row (TRL's dataset formats): `text`, or `messages` rendered with the chat template."""
     if isinstance(row.get("text"), str):
         return row["text"]
+    if "text" in row:
+        _text(row["text"], "text", row.get(WHERE, where))
     if "messages" in row and tokenizer is not None:
-        return render(tokenizer, normalise_messages(row["messages"], row.get(WHERE, where)))
+        return render(tokenizer, normalise_messages(row["messages"], row.get(WHERE, where)), where=row.get(WHERE, where))
     keys = sorted(set(row) - {WHERE})
     raise UserError(f"{row.get(WHERE, where)}: pretraining needs a 'text' column (or 'messages'), the row has {keys}; map yours with data.columns, e.g. {{text: content}}.")
 

@@ -48,9 +48,10 @@ def _ppl(loss: float) -> float:
 
 
 def evaluator(cfg, model, tokenizer, task, retain=None):
-    """`evaluate(step) -> [Event]` for the training loop: an eval event (val loss, perplexity,
-    the method's metrics as eval_*, the task's extras, retain loss and perplexity) and greedy
-    samples of eval.prompts.
+    """`evaluate(step) -> [Event]` for the training loop: an eval event (val loss, perplexity
+    when the loss is a token cross-entropy, the method's metrics as eval_* (DPO/ORPO:
+    eval_rewards/accuracies, eval_rewards/margins, ...), the task's extras, retain loss and
+    perplexity, exact match) and greedy samples of eval.prompts.
 
     Args:
         retain: the retain set's batches (`retain_batches`), built once; None: not measured.
@@ -73,8 +74,8 @@ def evaluator(cfg, model, tokenizer, task, retain=None):
         if answers is not None:
             extra["exact_match"] = round(exact_match(model, tokenizer, answers), 4)
         if extra or task.valid is not None:
-            out.append(ev.Eval(step=step, val_loss=None if val_loss is None else round(val_loss, 6),
-                               val_ppl=None if val_loss is None else _ppl(val_loss), extra=extra))
+            ppl = _ppl(val_loss) if val_loss is not None and task.perplexity else None
+            out.append(ev.Eval(step=step, val_loss=None if val_loss is None else round(val_loss, 6), val_ppl=ppl, extra=extra))
         model.eval()
         out.extend(ev.Sample(step=step, prompt=p, completion=generate(model, tokenizer, p, max_tokens=cfg.eval.max_tokens))
                    for p in cfg.eval.prompts)
@@ -270,11 +271,11 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_tokens: int = 16, b
     Same tokens as `smolmac.generate.generate(..., temp=0)` (argmax each step, stop at EOS).
     """
     from smolmac.data import end_of_turn_ids, hf_tokenizer
-    from smolmac.generate import format_prompt
+    from smolmac.generate import prompt_ids
 
     hf = hf_tokenizer(tokenizer)
     stop = set(getattr(tokenizer, "eos_token_ids", None) or []) or end_of_turn_ids(tokenizer)
-    encoded = [hf.encode(format_prompt(tokenizer, p), add_special_tokens=not getattr(hf, "chat_template", None)) for p in prompts]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     return [hf.decode(seq) for seq in greedy_tokens(model, encoded, max_tokens, stop, batch_size)]
 
 

@@ -58,8 +58,10 @@ class Train(Event):
 
 @dataclass
 class Eval(Event):
-    """Validation loss and perplexity (absent without validation data), the method's eval_*
-    metrics, and retain_loss / retain_ppl when the run measures forgetting (eval.retain)."""
+    """Validation: `val_loss` (the method's loss; absent without validation data), `val_ppl` for
+    language-modelling losses only (absent for DPO/ORPO, whose eval_rewards/* metrics say how the
+    preference is learned), and retain_loss / retain_ppl when the run measures forgetting
+    (eval.retain)."""
 
     val_loss: float | None = None
     val_ppl: float | None = None
@@ -90,6 +92,19 @@ class Done(Event):
     elapsed_s: float = 0.0
     extra: dict = field(default_factory=dict)
     type = "done"
+
+
+@dataclass
+class Warning(Event):
+    """Something the user should know that does not stop the run, in one line.
+
+    `kind` names the check for tools and tests: "truncated", "untrained_rows", "small_data",
+    "stuck_loss", ...; the CLI prints `message`, the app's dashboard shows it.
+    """
+
+    message: str
+    kind: str = "warning"
+    type = "warning"
 
 
 @dataclass

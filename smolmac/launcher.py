@@ -125,9 +125,10 @@ _SUMMARIES: dict[str, tuple[tuple, dict]] = {}  # run dir -> (file stamps, read_
 
 def _stamp(run_dir: Path) -> tuple:
     out = []
-    for name in ("events.jsonl", "config.yaml", RECIPE_FILE):
+    # A pipeline's stages write their own events: their files are part of its stamp.
+    for path in [run_dir / name for name in ("events.jsonl", "config.yaml", RECIPE_FILE)] + sorted(run_dir.glob("*/events.jsonl")):
         try:
-            st = (run_dir / name).stat()
+            st = path.stat()
             out.append((st.st_mtime_ns, st.st_size))
         except OSError:
             out.append(None)
@@ -147,16 +148,21 @@ def run_summary(run_dir: str | Path, launcher: Launcher | None = None) -> dict:
         if not (run_dir / "config.yaml").is_file() and (run_dir / RECIPE_FILE).is_file():
             try:  # still starting: the CLI has not written config.yaml yet
                 recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text()) or {}
-                info.update(method=recipe.get("method", "sft"), model=recipe.get("model"))
+                info.update(method="pipeline" if recipe.get("stages") else recipe.get("method", "sft"), model=recipe.get("model"))
             except (OSError, yaml.YAMLError):
                 pass
         _SUMMARIES[str(run_dir)] = (stamp, dict(info))
     info["name"] = run_dir.name
     alive = launcher.alive(run_dir) if launcher else None
     info["alive"] = bool(alive)
+    if "stages" in info:  # copies: the cached summary stays as read from disk
+        info["stages"] = [dict(s) for s in info["stages"]]
     if info["status"] in ("running", "new") and alive is False:
         info["status"] = "failed"
         info["error"] = last_log_line(run_dir) or CRASHED
+        for stage in info.get("stages", []):  # a pipeline: its running stage died with it
+            if stage["status"] == "running":
+                stage.update(status="failed", error=info["error"])
     elif info["status"] == "new" and alive:
         info["status"] = "starting"
     return info

@@ -163,13 +163,14 @@ class Verdict:
 
 def _estimate_recipe(cfg, mc: dict, seq_len: int | None) -> dict:
     from smolmac.methods import method
+    from smolmac.models import resolve_dtype
 
     t = cfg.train
     m = method(cfg.method)
     full = cfg.full or m.full
     layers = None if cfg.lora.layers == "all" else int(cfg.lora.layers)
     return estimate(mc, m.rows_per_example * t.batch_size, seq_len or t.max_seq_len, None if full else cfg.lora.rank,
-                    layers, t.grad_checkpoint, BYTES.get(t.dtype, 4))
+                    layers, t.grad_checkpoint, BYTES.get(resolve_dtype(t.dtype), 4))
 
 
 def verdict(cfg, mc: dict | None = None, budget: float | None = None, seq_len: int | None = None) -> Verdict | None:

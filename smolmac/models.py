@@ -29,14 +29,20 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
 def resolve_dtype(dtype: str = "auto") -> str:
-    """A dtype name for loading models: "auto" is bfloat16 on a GPU backend (Metal, CUDA) and
-    float32 on the CPU backend; the others (float32, float16, bfloat16) are returned as given.
+    """A dtype name for training and loading models: "auto" is the best precision of the device
+    MLX computes on, bfloat16 on a GPU backend (Metal, CUDA) and float32 on the CPU backend (where
+    bfloat16 matmuls are emulated and run at a fraction of float32's speed); the others (float32,
+    float16, bfloat16) are returned as given.
 
     Args:
         dtype: "auto", "float32", "float16" or "bfloat16".
     """
     if dtype == "auto":
-        return "bfloat16" if mx.default_device().type == mx.DeviceType.gpu else "float32"
+        gpu = False
+        if mx.default_device().type == mx.DeviceType.gpu:
+            metal, cuda = getattr(mx, "metal", None), getattr(mx, "cuda", None)
+            gpu = bool((metal is not None and metal.is_available()) or (cuda is not None and cuda.is_available()))
+        return "bfloat16" if gpu else "float32"
     if dtype not in DTYPES:
         raise UserError(f"dtype: '{dtype}' is not supported; choose auto, float32, float16 or bfloat16.")
     return dtype
@@ -223,7 +229,11 @@ def resolve_model_path(spec: str) -> Path:
 
 
 def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """Load model + tokenizer with mlx-lm; returns (model, tokenizer, config, path)."""
+    """Load model + tokenizer with mlx-lm; returns (model, tokenizer, config, path).
+
+    Args:
+        dtype: float32, bfloat16, float16, or auto (see `resolve_dtype`).
+    """
     from mlx_lm.utils import load
 
     path = resolve_model_path(spec)
@@ -242,8 +252,8 @@ def load_model(spec: str, dtype: str = "float32", trust_remote_code: bool = Fals
 
 
 def cast_floating(model: nn.Module, dtype: str):
-    """Cast floating-point parameters (not quantised uint32 weights) to `dtype`."""
-    target = DTYPES[dtype]
+    """Cast floating-point parameters (not quantised uint32 weights) to `dtype` (or auto)."""
+    target = DTYPES[resolve_dtype(dtype)]
     model.set_dtype(target, lambda x: mx.issubdtype(x, mx.floating))
     mx.eval(model.parameters())
 

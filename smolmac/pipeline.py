@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from smolmac import events as ev
 from smolmac.config import Config, apply_mapping, validate
 from smolmac.errors import UserError
 from smolmac.quickstart import resolve as resolve_path
-from smolmac.runs import Run, open_run_dir, run_training
+from smolmac.runs import Run, open_run_dir, read_run, run_training
 
 
 @dataclass
@@ -79,8 +82,6 @@ LABELS = {"val_ppl": "val perplexity", "exact_match": "exact match", "preference
 def stage_rows(events: list[dict]) -> list[dict]:
     """One row per stage from pipeline events: stage, method, time, learned (text), kept (the
     retain perplexity before -> after, "" when the stage measured none)."""
-    from smolmac.evaluation import retain_text
-
     rows: dict[int, dict] = {}
     for e in events:
         if e["type"] not in ("stage", "metrics"):
@@ -89,19 +90,44 @@ def stage_rows(events: list[dict]) -> list[dict]:
         if e["type"] == "stage":
             if e["status"] == "finished":
                 row["time_s"] = e["elapsed_s"]
-            continue
-        parts = []
-        for key, m in e["metrics"].items():
-            label = LABELS.get(key, key.replace("_", " "))
-            if key == "retain_ppl":
-                if m.get("before") and m.get("after") is not None:
-                    row["kept"] = retain_text(m["before"], m["after"], label="", arrow="->")
-            elif isinstance(m, dict):
-                parts.append(f"{label} {_fmt(key, m.get('before'))} -> {_fmt(key, m.get('after'))}")
-            else:
-                parts.append(f"{label} {_fmt(key, m)}")
-        row["learned"] = ", ".join(parts)
+        else:
+            row["learned"] = ", ".join(learned_parts(e["metrics"]))
+            row["kept"] = kept_text(e["metrics"])
     return [rows[k] for k in sorted(rows)]
+
+
+def learned_parts(metrics: dict | None) -> list[str]:
+    """What a stage learned as short phrases, e.g. ["exact match 0% -> 45%"] (most telling first)."""
+    parts = []
+    for key, m in (metrics or {}).items():
+        label = LABELS.get(key, key.replace("_", " "))
+        if key == "retain_ppl":  # what was kept, not learned: its own column (kept_text)
+            continue
+        if isinstance(m, dict):
+            parts.append(f"{label} {_fmt(key, m.get('before'))} -> {_fmt(key, m.get('after'))}")
+        else:
+            parts.append(f"{label} {_fmt(key, m)}")
+    return parts
+
+
+def kept_text(metrics: dict | None) -> str:
+    """What a stage kept of its retain set: "2.57 -> 13.8 (+437%)" (retain perplexity before ->
+    after), "" when it measured none."""
+    from smolmac.evaluation import retain_text
+
+    m = (metrics or {}).get("retain_ppl")
+    if isinstance(m, dict) and m.get("before") and m.get("after") is not None:
+        return retain_text(m["before"], m["after"], label="", arrow="->")
+    return ""
+
+
+def headline(summary: dict) -> str:
+    """One metric for a run or stage summary (`smolmac.runs.read_run`): the first thing a stage
+    learned, else the last validation loss, else ''."""
+    parts = learned_parts(summary.get("metrics"))
+    if parts:
+        return parts[0]
+    return f"val loss {summary['val_loss']:.3f}" if summary.get("val_loss") is not None else ""
 
 
 def format_stage_table(events_or_dir) -> str:
@@ -118,6 +144,93 @@ def format_stage_table(events_or_dir) -> str:
         t = f"{r['time_s']:.0f}s" if r["time_s"] is not None else "-"
         lines.append(f"{r['stage']:<{w}}  {r['method']:<9}  {t:>7}  " + (f"{r['learned']:<{lw}}  {r['kept'] or '-'}" if kept else r["learned"]))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The models a run or pipeline holds (to chat with, compare and look inside)
+
+
+@dataclass
+class ModelRef:
+    """One model of a run or pipeline: what to load (`model`, plus `adapter` on top) and how to
+    prompt it (`chat`: with the chat template; False for a pretrained-only or untrained model,
+    which continues plain text)."""
+
+    label: str  # e.g. "2-pretrain", "3-sft · adapter", "base"
+    model: str  # a model directory or Hub id
+    adapter: str | None = None
+    chat: bool = True
+    stage: str | None = None  # the stage (or run) it belongs to
+    kind: str = "trained"  # "init" (random), "base" (what the run started from), "trained"
+
+
+def _local(path, run_dir: Path):
+    """A model path recorded by a run, found inside the pipeline it belongs to, wherever the run
+    was started from and wherever the pipeline was moved since: `runs/x/2-pretrain/model` written
+    by a pipeline now in `<run_dir>` is `<run_dir>/2-pretrain/model`. Other paths stay as recorded."""
+    if not isinstance(path, str) or not path:
+        return path
+    parts = Path(path).parts
+    for j, part in enumerate(parts[:-1]):
+        candidate = run_dir.joinpath(*parts[j:])
+        if re.fullmatch(r"\d+-[^/]+", part) and (run_dir / part).is_dir() and candidate.exists():
+            return str(candidate)
+    return path
+
+
+def _started_from(run_dir: Path, top: Path) -> str | None:
+    """The model a run loaded (its start event; a `{new: ...}` model is its built `init/` dir)."""
+    start = next((e for e in ev.read_events(run_dir / "events.jsonl") if e["type"] == "start"), None)
+    if start and start.get("model"):
+        return _local(start["model"], top)
+    return str(run_dir / "init") if (run_dir / "init" / "config.json").is_file() else None
+
+
+def _pretrained_only(model: str) -> bool:
+    """Whether a model dir is the output of a pretraining run (no chat training yet)."""
+    cfg = Path(model).parent / "config.yaml"
+    try:
+        return Path(model).name in ("model", "init") and (yaml.safe_load(cfg.read_text()) or {}).get("method") == "pretrain"
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+
+
+def _outputs(run_dir: Path, info: dict, top: Path, label: str) -> list[ModelRef]:
+    """What one run (or stage) trained: its model/, or its adapter/ (on the model it started
+    from), or the fused/ model of a LoRA stage whose adapter is gone."""
+    chat = info.get("method") != "pretrain"
+    if (run_dir / "model" / "config.json").is_file():
+        return [ModelRef(label, str(run_dir / "model"), None, chat, label)]
+    base = _started_from(run_dir, top)
+    if (run_dir / "adapter" / "adapter_config.json").is_file() and base:
+        return [ModelRef(f"{label} · adapter", base, str(run_dir / "adapter"), chat, label)]
+    if (run_dir / "fused" / "config.json").is_file():
+        return [ModelRef(f"{label} · fused", str(run_dir / "fused"), None, chat, label)]
+    return []
+
+
+def run_models(run_dir: str | Path) -> list[ModelRef]:
+    """Every model of a run or pipeline, oldest first: what it started from (a base model, or the
+    untrained `{new: ...}` model), then each trained output. A pipeline lists each stage's output
+    once (the next stage starts from it); a LoRA stage is its base plus its adapter."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    stages = info.get("stages") or [{**info, "dir": str(run_dir), "label": run_dir.name}]
+    refs: list[ModelRef] = []
+    for stage in stages:
+        sub = Path(stage["dir"]) if info.get("stages") is None else run_dir / stage["label"]
+        if stage.get("method") == "tokenizer" or not (sub / "events.jsonl").is_file():
+            continue
+        if not refs:  # the first model: what the first trained stage started from
+            base = _started_from(sub, run_dir)
+            if base:
+                built = Path(base).name == "init" and Path(base).parent == sub
+                name = "untrained" if built else "base"
+                label = f"{stage['label']} · {name}" if info.get("stages") else name
+                chat = not built and not _pretrained_only(base)
+                refs.append(ModelRef(label, base, None, chat, stage["label"], "init" if built else "base"))
+        refs += _outputs(sub, stage, run_dir, stage["label"])
+    return refs
 
 
 # ---------------------------------------------------------------------------------------------

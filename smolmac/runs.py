@@ -11,6 +11,7 @@ One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -64,8 +65,12 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
     with progress already made, is refused: nothing a run wrote is ever overwritten.
     """
     saved = run_dir / "config.yaml"
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"--run-dir: {blocker} is a file, so {run_dir} cannot be a run directory; choose another --run-dir.")
     if resume:
         return read_config(run_dir)
+    cfg = resolve_auto(cfg)
     if saved.is_file():
         same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
         if not same or (run_dir / "events.jsonl").exists():
@@ -75,6 +80,38 @@ def open_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
     tmp.write_text(cfg.to_yaml())
     tmp.replace(saved)
     return cfg
+
+
+def resolve_auto(cfg: Config) -> Config:
+    """The recipe with `train.dtype: auto` replaced by this device's dtype (smolmac.models.
+    resolve_dtype), as it is saved in the run's config.yaml: a resume, an export or a copy of the
+    run on another machine uses the precision it was trained in."""
+    if cfg.train.dtype != "auto":
+        return cfg
+    from smolmac.models import resolve_dtype
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=resolve_dtype("auto")))
+
+
+def data_warnings(cfg: Config, task) -> list[ev.Warning]:
+    """One-line warnings about the training data as the run will see it: many rows cut by
+    train.max_seq_len, rows (or pairs) that train no token, less data than one optimizer step."""
+    t, train, out = cfg.train, task.train, []
+    rows = task.train_rows
+    if rows and task.truncated > 0.1 * rows:
+        out.append(ev.Warning(0, f"{task.truncated} of {rows} training rows ({100 * task.truncated / rows:.0f}%) are longer than train.max_seq_len={t.max_seq_len} tokens and were cut; raise train.max_seq_len or shorten the rows so the model sees their ends.", "truncated"))
+    untrained = getattr(train, "untrained", 0)
+    if untrained:
+        out.append(ev.Warning(0, f"{untrained} of {rows} training rows have no trained token within train.max_seq_len={t.max_seq_len} (their prompt fills it), so they cost time and teach nothing; raise train.max_seq_len or drop them.", "untrained_rows"))
+    dropped = (task.notes or {}).get("pairs_dropped_long_prompt", 0)
+    if dropped:
+        out.append(ev.Warning(0, f"{dropped} preference rows were dropped because their prompt alone is longer than train.max_seq_len={t.max_seq_len}, leaving no reply to train on; raise train.max_seq_len to keep them.", "untrained_rows"))
+    per_step = t.batch_size * t.grad_accum
+    n = getattr(train, "sequences", rows)
+    if n < per_step:
+        unit = {"pretrain": "sequences of train.max_seq_len tokens", "dpo": "pairs", "orpo": "pairs"}.get(cfg.method, "packed sequences" if t.packing else "rows")
+        out.append(ev.Warning(0, f"the training data has {n} {unit}, fewer than one optimizer step takes (train.batch_size x train.grad_accum = {per_step}), so every step repeats the same data; add data or lower train.batch_size.", "small_data"))
+    return out
 
 
 def materialize_model(cfg: Config, run_dir: Path) -> str:
@@ -106,6 +143,18 @@ def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
     return plan
 
 
+def _per_process(cfg: Config, size: int) -> Config:
+    """The recipe one process of a group of `size` trains: batch_size / size rows per step
+    (what its memory has to hold)."""
+    if size == 1:
+        return cfg
+    import copy
+
+    one = copy.deepcopy(cfg)
+    one.train.batch_size = max(1, cfg.train.batch_size // size)
+    return one
+
+
 def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None) -> Run:
     """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout."""
     from smolmac.methods import method
@@ -116,7 +165,11 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
         return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # nothing to redo
     trackers.require(cfg.report_to)  # a missing tracker package fails before anything is written
     cfg = open_run_dir(cfg, run_dir, resume)
-    mirror = trackers.mirror(cfg, run_dir)  # report_to of the recipe the run uses (the saved one on resume)
+    # report_to of the recipe the run uses (the saved one on resume); in a data-parallel group
+    # only process 0 reports (the others' run dir is a scratch dir)
+    from smolmac.distributed import current
+
+    mirror = trackers.mirror(cfg, run_dir) if current().main else None
     try:
         # events.jsonl first, then the caller's callback, then the trackers (report_to)
         with ev.EventLog(run_dir / "events.jsonl", trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
@@ -130,11 +183,13 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
 
 
 def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
+    from smolmac import distributed
     from smolmac import lora as lora_mod
     from smolmac.evaluation import evaluator, first_retain, retain_batches, retain_metrics
     from smolmac.methods import build_task, method
     from smolmac.models import count_params, is_quantized, load_model, save_model_dir
     from smolmac.trainer import (
+        Position,
         build_optimizer,
         list_checkpoints,
         load_checkpoint,
@@ -144,6 +199,9 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     from smolmac.trainer import train as train_loop
 
     t = cfg.train
+    group = distributed.current()  # one process, or process `rank` of a data-parallel group
+    if t.batch_size % group.size:
+        raise UserError(f"train.batch_size: {t.batch_size} rows cannot be split evenly over {group.size} processes; use a multiple of {group.size}, e.g. {group.size * max(1, round(t.batch_size / group.size))}.")
     seed_everything(t.seed)
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
@@ -160,7 +218,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         adapter_config = lora_mod.apply_lora(model, cfg.lora, seed=t.seed)
     task = build_task(cfg, model, tokenizer, run_dir)
 
-    memory = _memory_plan(cfg, model_config, getattr(task.train, "longest", t.max_seq_len))
+    memory = _memory_plan(_per_process(cfg, group.size), model_config, getattr(task.train, "longest", t.max_seq_len))
     if t.grad_checkpoint or memory.get("auto_checkpoint"):
         from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -176,17 +234,27 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         start = load_checkpoint(checkpoints[-1], model, optimizer)
     elif resume:  # stopped or failed before its first checkpoint: its saved recipe from step 0
         task.notes = {**(task.notes or {}), "resume": "no checkpoint yet: started again from step 0"}
+    if group.size > 1:  # every process starts from process 0's weights (and checkpoint), same data
+        shared = group.share_state(model, optimizer, start.__dict__ if start else None)
+        start = Position(**shared) if shared else None
+        group.check_same(model, task.train, model_config)
+        task.notes = {**(task.notes or {}), "world_size": group.size, "hosts": group.hosts,
+                      "gradient_bytes_per_step": distributed.gradient_bytes(model)}
     trainable = lora_mod.trainable_count(model)
-    retain = retain_batches(cfg, tokenizer)  # eval.retain, tokenised once for every evaluation
+    # eval.retain, tokenised once for every evaluation (by every process, so a bad file stops all)
+    retain = retain_batches(cfg, tokenizer)
     before = {}  # the "before": the base (LoRA starts at zero), or the first start's on resume
-    if retain is not None:
+    if retain is not None and group.main:  # process 0 alone evaluates and logs
         before = (first_retain(ev.read_events(run_dir / "events.jsonl")) if start else retain_metrics(model, retain)) or {}
     log(ev.Start(
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
         trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
-        resumed_from=start.step if start else None, extra={**(task.notes or {}), **before, **{k: v for k, v in memory.items() if k != "params"}},
+        resumed_from=start.step if start else None,
+        extra={"dtype": t.dtype, **(task.notes or {}), **before, **{k: v for k, v in memory.items() if k != "params"}},
     ))
+    for warning in data_warnings(cfg, task):
+        log(dataclasses.replace(warning, step=start.step if start else 0))
 
     def save(pos):
         return save_checkpoint(run_dir / "checkpoints", model, optimizer, pos, cfg.save.keep)
@@ -194,11 +262,14 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     pos = train_loop(
         model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
         grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
-        evaluate=evaluator(cfg, model, tokenizer, task, retain), eval_every=cfg.eval.every,
-        save=save, save_every=cfg.save.every, report_every=t.report_every, start=start, seed=t.seed,
+        evaluate=evaluator(cfg, model, tokenizer, task, retain) if group.main else None, eval_every=cfg.eval.every,
+        save=save if group.main else None, save_every=cfg.save.every, report_every=t.report_every, start=start,
+        seed=t.seed, group=group,
     )
     stopped = pos.step < total_steps
     run = Run(run_dir, cfg, stopped=stopped)
+    if not group.main:  # the others' weights are process 0's: it alone writes the outputs
+        return run
     if not stopped:
         if full:
             run.model_path = save_model_dir(model, tokenizer, model_config, run_dir / "model")
@@ -212,12 +283,20 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
 
 
 def read_run(run_dir: str | Path) -> dict:
-    """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss."""
+    """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss.
+
+    A pipeline (a config with `stages:`) is summarised as method "pipeline" with `stages`, one
+    summary per stage (its own run dir `<i>-<name>/`, or status "pending" before it starts) plus
+    the stage's `metrics` (what it learned); `step`/`total_steps` count finished stages, and
+    `current` names the stage that runs now (or stopped/failed), whose last loss is `loss`.
+    """
     run_dir = Path(run_dir)
     events = ev.read_events(run_dir / "events.jsonl")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = cfg if isinstance(cfg, dict) else {}
     start = next((e for e in events if e["type"] == "start"), None)
     last_train = next((e for e in reversed(events) if e["type"] == "train"), None)
+    last_eval = next((e for e in reversed(events) if e["type"] == "eval"), None)
     last = events[-1] if events else None
     if last is None:
         status = "new"
@@ -227,9 +306,47 @@ def read_run(run_dir: str | Path) -> dict:
         status = "failed"
     else:
         status = "running"
-    return {
+    info = {
         "dir": str(run_dir), "status": status, "method": cfg.get("method"), "model": cfg.get("model"),
-        "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
-        "loss": (last_train or {}).get("loss"), "started": (events[0]["time"] if events else None),
+        "full": bool(cfg.get("full")), "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
+        "loss": (last_train or {}).get("loss"), "val_loss": (last_eval or {}).get("val_loss"),
+        "started": (events[0]["time"] if events else None),
         "error": last.get("message") if last and last["type"] == "error" else None,
+    }
+    if cfg.get("stages") or (start or {}).get("method") == "pipeline":
+        own_error = info["error"]
+        info.update(_read_pipeline(run_dir, cfg, events, status))
+        info["error"] = own_error or info["error"]
+    return info
+
+
+def stage_names(stages: list) -> list[str]:
+    """The names of a recipe's stages (`name`, else the method), as the pipeline names its dirs."""
+    return [str(s.get("name") or s.get("method")) if isinstance(s, dict) else "?" for s in stages or []]
+
+
+def _read_pipeline(run_dir: Path, cfg: dict, events: list[dict], status: str) -> dict:
+    """The pipeline part of `read_run`: its stages, the current one, finished stages as steps."""
+    names = stage_names(cfg.get("stages")) or next((e.get("stages") or [] for e in events if e["type"] == "start"), [])
+    metrics = {e["stage"]: e for e in events if e["type"] == "metrics"}
+    stages = []
+    for i, name in enumerate(names, 1):
+        sub = run_dir / f"{i}-{name}"
+        if (sub / "events.jsonl").is_file():
+            stage = read_run(sub)
+        else:
+            method = (cfg.get("stages")[i - 1] or {}).get("method") if cfg.get("stages") else None
+            stage = {"dir": str(sub), "status": "pending", "method": method, "model": None, "step": 0, "total_steps": None,
+                     "loss": None, "val_loss": None, "started": None, "error": None}
+        m = metrics.get(i)
+        stage.update(index=i, name=name, label=f"{i}-{name}", metrics=(m or {}).get("metrics"), elapsed_s=(m or {}).get("elapsed_s"))
+        if stage["status"] == "running" and status in ("failed", "stopped", "finished"):
+            stage["status"] = status  # the pipeline ended while this stage was unfinished
+        stages.append(stage)
+    done = sum(s["status"] == "finished" for s in stages)
+    current = next((s for s in stages if s["status"] != "finished"), stages[-1] if stages else None)
+    return {
+        "method": "pipeline", "stages": stages, "current": current["label"] if current else None,
+        "step": done, "total_steps": len(stages), "loss": (current or {}).get("loss"),
+        "error": next((s["error"] for s in stages if s.get("error")), None) if status == "failed" else None,
     }

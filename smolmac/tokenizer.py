@@ -15,6 +15,7 @@ from smolmac.errors import UserError
 BOS, EOS, PAD = "<|endoftext|>", "<|im_end|>", "<|pad|>"
 IM_START = "<|im_start|>"
 SPECIAL_TOKENS = [BOS, IM_START, EOS, PAD]
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # the byte alphabet, the special tokens and one merge
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -46,9 +47,8 @@ def train_tokenizer(
     if not any(t.strip() for t in texts):
         raise UserError(f"{source}: the corpus is empty; give a file with some text to train the tokenizer on.")
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    minimum = len(alphabet) + len(SPECIAL_TOKENS) + 1
-    if vocab_size < minimum:
-        raise UserError(f"tokenizer.vocab_size: {vocab_size} is too small for a byte-level tokenizer; use at least {minimum}.")
+    if vocab_size < MIN_VOCAB:
+        raise UserError(f"tokenizer.vocab_size: {vocab_size} is too small for a byte-level tokenizer; use at least {MIN_VOCAB}.")
     if kind == "bpe":
         tok = Tokenizer(models.BPE())
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False)

@@ -21,6 +21,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from smolmac import events as ev
+from smolmac.distributed import SINGLE
 from smolmac.errors import UserError
 
 
@@ -128,6 +129,7 @@ def train(
     report_every: int = 10,
     start: Position | None = None,
     seed: int = 0,
+    group=SINGLE,
 ) -> Position:
     """Run optimizer steps until `total_steps` or `stop` is set.
 
@@ -141,6 +143,10 @@ def train(
         start: where to resume (step, data position, counters).
         seed: the RNG (dropout) is reseeded from (seed, micro-batch number) before every
             micro-batch, so a resumed run draws exactly what the uninterrupted run drew.
+        group: a `smolmac.distributed.Group` of N processes: each reads its shard of every
+            micro-batch, gradients and reported numbers are summed over the group (token- or
+            pair-weighted, equal to one process with the same global batch); `stop` on any
+            process stops all of them. Only process 0 should get `evaluate` and `save`.
     """
     pos = start or Position()
     optimizer.init(model.trainable_parameters())  # no-op for state already there (resume)
@@ -157,10 +163,13 @@ def train(
         return loss, weight, metrics
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def accumulate(acc, *arrays):
+    def accumulate(acc, live, *arrays):
         # Sum of weight * grad over micro-batches; divided by the total weight in `apply`, so
-        # every token (or pair) counts the same whatever micro-batch it landed in.
+        # every token (or pair) counts the same whatever micro-batch (or process) it landed in.
+        # `live` is 0 for a process whose shard of a short micro-batch is empty (it ran a
+        # stand-in row), else 1.
         (loss, weight, metrics), grads = loss_and_grad(model, *arrays)
+        weight = weight * live
         grads = tree_map(lambda g: g * weight, grads)
         if acc is not None:
             grads = tree_map(mx.add, grads, acc)
@@ -168,10 +177,14 @@ def train(
 
     @partial(mx.compile, inputs=state, outputs=state)
     def apply(acc, total_weight):
+        acc = group.sum_gradients(acc)  # all-reduce over the group; total_weight is the group's
         optimizer.update(model, clip(tree_map(lambda g: g / total_weight, acc)))
 
     model.train()
-    stream = batches.stream(pos.micro)
+    world = group.size
+    one_step = grad_accum == 1 and world == 1
+    live = (mx.array(0.0), mx.array(1.0))
+    stream = batches.stream(pos.micro, (group.rank, world)) if world > 1 else batches.stream(pos.micro)
     window_loss, window_weight, window_tokens, window_time, window_metrics = 0.0, 0.0, 0, 0.0, {}
     window_steps = 0
     stopped = False
@@ -181,20 +194,24 @@ def train(
         tokens = 0
         for _ in range(grad_accum):
             arrays, ntok = next(stream)
-            mx.random.seed(seed * 1_000_003 + pos.micro)
+            mx.random.seed((seed * 1_000_003 + pos.micro) * world + group.rank)
             arrays = [mx.array(a) for a in arrays]
-            if grad_accum == 1:
+            if one_step:
                 loss, weight, metrics = step(*arrays)
             else:
-                loss, weight, metrics, acc = accumulate(acc, *arrays)
+                loss, weight, metrics, acc = accumulate(acc, live[ntok > 0 or world == 1], *arrays)
             losses.append(loss * weight)
             weights.append(weight)
             metrics_list.append(metrics)
             tokens += ntok
-            pos.micro += 1
-        if grad_accum > 1:
+            pos.micro += 1  # global micro-batches: a checkpoint resumes on any number of processes
+        stopping = False
+        if world > 1:  # this process's part, then the group's numbers (one process fails: all stop)
+            stopping = group.settle((acc, losses, weights, metrics_list), stop)
+            tokens, losses, weights, metrics_list = group.pool(tokens, losses, weights, metrics_list)
+        if not one_step:
             apply(acc, sum(weights))
-        mx.eval(state, losses, weights, metrics_list)
+        (group.eval if world > 1 else mx.eval)(state, losses, weights, metrics_list)
         dt = time.perf_counter() - tic
         pos.step += 1
         pos.trained_tokens += tokens
@@ -209,7 +226,9 @@ def train(
             for k, v in m.items():
                 window_metrics[k] = window_metrics.get(k, 0.0) + v.item() / (grad_accum)
         done = pos.step >= total_steps
-        if pos.step % report_every == 0 or done or pos.step == 1 or (stop is not None and stop.is_set()):
+        if world == 1:  # one process: the flag as it is now (a group agreed on it in settle)
+            stopping = stop is not None and stop.is_set()
+        if pos.step % report_every == 0 or done or pos.step == 1 or stopping:
             loss_value = window_loss / max(window_weight, 1e-9)
             if not math.isfinite(loss_value):
                 raise UserError(f"train: the loss became {loss_value} at step {pos.step}; lower train.lr or raise train.warmup (the last checkpoint is kept).")
@@ -220,15 +239,18 @@ def train(
                 tokens_per_second=round(window_tokens / max(window_time, 1e-9), 1),
                 trained_tokens=pos.trained_tokens, peak_memory_gb=round(_memory_gb(), 4),
                 elapsed_s=round(pos.elapsed_s, 2), eta_s=round(per_step * (total_steps - pos.step), 1),
-                extra={k: round(v / window_steps, 6) for k, v in window_metrics.items()},
+                extra={**{k: round(v / window_steps, 6) for k, v in window_metrics.items()}, "world_size": world},
             ))
             window_loss, window_weight, window_tokens, window_time, window_metrics, window_steps = 0.0, 0.0, 0, 0.0, {}, 0
-        stopped = stop is not None and stop.is_set() and not done
+        if world == 1:  # (the report may have asked for it)
+            stopping = stop is not None and stop.is_set()
+        stopped = stopping and not done
 
-        if evaluate and ((eval_every and pos.step % eval_every == 0) or done):
-            for e in evaluate(pos.step):
+        if (eval_every and pos.step % eval_every == 0) or done:
+            for e in evaluate(pos.step) if evaluate else []:
                 on_event(e)
             model.train()
+            stopped = group.agree(stopped)  # a decision taken after process 0's evaluation
         if save and (done or stopped or (save_every and pos.step % save_every == 0)):
             on_event(ev.Checkpoint(step=pos.step, path=str(save(pos))))
         if stopped:
@@ -246,6 +268,8 @@ class Task:
     """What a method gives the loop: batches, a loss, and what to report.
 
     `evaluate_extra(model) -> dict` may add method-specific eval metrics (e.g. exact match).
+    `perplexity`: the loss is a per-token cross-entropy, so exp(val loss) is a perplexity
+    (False for preference losses).
     """
 
     train: object
@@ -256,3 +280,4 @@ class Task:
     truncated: int = 0
     notes: dict | None = None
     evaluate_extra: object | None = None
+    perplexity: bool = True

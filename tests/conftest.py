@@ -34,6 +34,14 @@ def chat_rows(n: int = 48, seed: int = 0) -> list[dict]:
     return rows
 
 
+def clean_env() -> dict:
+    """This environment minus what importing mlx-lm in the test process set (it silences
+    transformers' advisories), so a child process shows what a user's shell would."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -59,3 +67,32 @@ def tiny_model(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture()
 def chat_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "chat.jsonl", chat_rows())
+
+
+# A real four-stage pipeline in the quickstart's shape (tokenizer -> pretrain a `{new: nano}`
+# model -> SFT with LoRA -> ORPO full), a few steps each on the shipped quickstart data: the runs
+# list, dashboards, chat, compare and inspect are tested on what the engine really writes.
+TINY_PIPELINE = {
+    "name": "tiny",
+    "model": {"new": {"preset": "nano"}},
+    "tokenizer": {"type": "bpe", "vocab_size": 300, "data": "quickstart:corpus.txt"},
+    "train": {"batch_size": 8, "seed": 0, "report_every": 1},
+    "eval": {"exact_match": "quickstart:eval.jsonl", "preference": "quickstart:eval_preference.jsonl"},
+    "stages": [
+        {"name": "tokenizer", "method": "tokenizer", "data": {"max_rows": 400}},
+        {"name": "pretrain", "method": "pretrain", "data": {"train": "quickstart:corpus.txt", "valid": 0.05, "max_rows": 400},
+         "train": {"steps": 4, "lr": 3.0e-3, "max_seq_len": 64}},
+        {"name": "sft", "method": "sft", "data": {"train": "quickstart:sft.jsonl", "max_rows": 64}, "lora": {"rank": 4},
+         "train": {"steps": 3, "lr": 1.0e-3, "max_seq_len": 48}},
+        {"name": "orpo", "method": "orpo", "full": True, "data": {"train": "quickstart:preference.jsonl", "max_rows": 64},
+         "train": {"steps": 3, "lr": 3.0e-4, "max_seq_len": 48}},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """The finished run dir of TINY_PIPELINE (built once per session: ~10 s of CPU)."""
+    run_dir = tmp_path_factory.mktemp("pipeline") / "runs" / "tiny"
+    smolmac.train(TINY_PIPELINE, run_dir=run_dir)
+    return run_dir

@@ -98,7 +98,7 @@ def test_bad_retain_is_one_sentence_naming_the_key(tiny_model, chat_file, tmp_pa
             smolmac.train(sft(tiny_model, chat_file, spec), run_dir=tmp_path / f"bad{i}")
         assert "\n" not in str(err.value)
         assert not (tmp_path / f"bad{i}" / "checkpoints").exists()
-    with pytest.raises(UserError, match="'eval.retain_rows' must be at least 1"):
+    with pytest.raises(UserError, match="'eval.retain_rows' must be >= 1, not 0"):
         load_recipe({"model": "m", "eval": {"retain_rows": 0}})
 
 

@@ -23,7 +23,7 @@ from smolmac.events import EventTail
 from smolmac.launcher import Launcher, list_runs
 from smolmac.tui import i18n
 from smolmac.tui.app import SmolmacApp
-from smolmac.tui.view import RunView
+from smolmac.tui.view import RunView, group_label
 
 SIZE = (100, 32)
 T0 = 1_750_000_000.0  # fixed event times: deterministic "Started" column
@@ -89,6 +89,7 @@ class FakeChat:
         self.threads: set[int] = set()
         self.loads: list[str] = []
         self.attached: list[tuple] = []
+        self.plain: list[str] = []
 
     def load(self, model, adapters):
         self.threads.add(threading.get_ident())
@@ -108,8 +109,10 @@ class FakeChat:
     def inspect(self, handle):
         return {"base_mb": 12.5, "adapters": {name: 0.25 for name in handle["adapters"]}}
 
-    def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0):
+    def stream(self, handle, messages, adapter=None, max_tokens=256, temp=0.0, top_p=1.0, chat=None):
         self.threads.add(threading.get_ident())
+        if chat is False:  # a column without the chat template (a pretrained-only model)
+            self.plain.append(adapter or "base")
         assert adapter is None or adapter in handle["adapters"]
         for word in [adapter or "base", "says:", messages[-1]["content"], f"(turn {len(messages) // 2 + 1})"]:
             yield word + " "
@@ -157,9 +160,9 @@ def test_i18n_detects_language_and_covers_every_string():
     table = json.loads((i18n.LOCALES / "it.json").read_text(encoding="utf-8"))
     from smolmac import launcher, memory
     from smolmac.tui import view
-    from smolmac.tui.screens import chat, export, new_run
+    from smolmac.tui.screens import chat, export, inspect, new_run
 
-    used = {launcher.CRASHED, *memory.PARTS, *memory.SUGGESTIONS, *view.STATUS_STYLE, *chat.MODES, *new_run.LABELS.values()}
+    used = {launcher.CRASHED, *memory.PARTS, *memory.SUGGESTIONS, *view.STATUS_STYLE, *chat.MODES, *new_run.LABELS.values(), *inspect.PART_NAMES.values()}
     used |= {label for _, label in export.FORMATS}
     for path in Path(i18n.__file__).parent.rglob("*.py"):  # every literal t("...") / t('...')
         used |= {m[1] for m in re.findall(r"""\bt\((["'])((?:(?!\1).)*)\1""", path.read_text(encoding="utf-8"))}
@@ -341,6 +344,20 @@ async def test_dashboard_follows_a_growing_event_log_then_a_crash(tmp_path, monk
         assert "runs/live/adapter" in _render(app)
 
 
+async def test_dashboard_shows_the_processes_and_hosts_of_a_data_parallel_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = {**start_event(total=40), "world_size": 2, "hosts": 2, "gradient_bytes_per_step": 38912}
+    fake_run(tmp_path / "runs", "group", [start, {**train_event(10, total=40), "world_size": 2}])
+    launcher = FakeLauncher()
+    launcher.alive_dirs["group"] = True
+    app = make_app(tmp_path, launcher)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "DashboardScreen" and app.screen.view.step == 10)
+        assert "2 processes on 2 hosts" in _render(app) and "1,234 tok/s" in _render(app)
+    assert group_label(start_event()) is None and group_label({"world_size": 4, "hosts": 1}) == "4 processes on 1 host"
+
+
 async def test_new_run_form_validates_previews_estimates_and_saves(tmp_path, monkeypatch, tiny_model, chat_file):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").mkdir()
@@ -470,7 +487,7 @@ def test_italian_ui_in_a_fresh_process(tmp_path):
     env = {**os.environ, "SMOLMAC_LANG": "it"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    for needle in ("Nuova esecuzione", "Nessuna esecuzione in", "Esci", "Esecuzione", "Stato"):  # footer, empty state, columns
+    for needle in ("Nuova", "Nessuna esecuzione in", "Esporta", "Esecuzione", "Stato", "F1 tutti i tasti"):  # footer, empty state, columns, title
         assert needle in out.stdout, out.stdout
 
 

@@ -46,10 +46,10 @@ class SmolmacApp(App):
 
     CSS_PATH = "app.tcss"
     TITLE = "smolmac"
-    SUB_TITLE = t("make a small language model your own")
+    SUB_TITLE = t("make a small language model your own") + " · " + t("F1 every key")
     BINDINGS = [
         Binding("ctrl+q", "quit", t("Quit"), show=False, priority=True),
-        Binding("f1", "help", t("Help"), show=False),
+        Binding("f1", "help", t("Keys"), show=False),
     ]
 
     def __init__(self, runs_dir: str | Path = "runs", recipes_dir: str | Path = "recipes", launcher=None,
@@ -93,7 +93,11 @@ class SmolmacApp(App):
         self.push_screen(ConfirmDialog(t("Quit smolmac?"), question, yes=t("Quit")), answer)
 
     def action_help(self) -> None:
-        self.notify(t("Keys are listed in the footer; Escape goes back; Ctrl+P opens the command palette."), timeout=6)
+        """Show or hide the panel of every key of the screen (the footer holds what fits)."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
 
 
 def run_app(runs_dir: str = "runs", recipes_dir: str = "recipes") -> None:

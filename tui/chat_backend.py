@@ -12,9 +12,12 @@ from smolmac.tui.i18n import t
 
 
 def _full_model(path: str) -> Path | None:
-    """The model/ folder of a full fine-tune run (chatted with as a model of its own)."""
+    """The model/ folder of a full fine-tune run, or a model folder itself (a pipeline's untrained
+    `init/` or a LoRA stage's `fused/`): chatted with as a model of its own."""
     model = Path(path) / "model"
-    return model if (model / "config.json").is_file() else None
+    if (model / "config.json").is_file():
+        return model
+    return Path(path) if (Path(path) / "config.json").is_file() else None
 
 
 class Handle:
@@ -66,12 +69,16 @@ class MLXChatBackend:
         sizes.update({n: h.inspect()["base"]["mb"] for n, h in handle.full.items()})
         return {"base_mb": info["base"]["mb"], "adapters": sizes}
 
-    def stream(self, handle, messages: list[dict], adapter: str | None = None, max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0):
+    def stream(self, handle, messages: list[dict], adapter: str | None = None, max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0,
+               chat: bool | None = None):
+        """`chat=False`: the last user message continues as plain text, template or not (a
+        pretrained-only model has not learned the template's turns)."""
         from smolmac.data import hf_tokenizer
 
         target, adapter = (handle.full[adapter], None) if adapter in handle.full else (handle.base, adapter)
         if target is None:
             raise UserError(t("chat: the base side needs a model (a Hub id or a folder)."))
         # Base models without a chat template get the last user message as plain text.
-        prompt = messages if getattr(hf_tokenizer(target.tokenizer), "chat_template", None) else messages[-1]["content"]
-        yield from target.stream(prompt, max_tokens=max_tokens, temp=temp, top_p=top_p, adapter=adapter)
+        templated = chat is not False and getattr(hf_tokenizer(target.tokenizer), "chat_template", None)
+        prompt = messages if templated else messages[-1]["content"]
+        yield from target.stream(prompt, max_tokens=max_tokens, temp=temp, top_p=top_p, adapter=adapter, chat=None if templated else False)

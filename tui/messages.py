@@ -69,3 +69,12 @@ class ModelsListed(Message):
     def __init__(self, models: list[str]):
         super().__init__()
         self.models = models
+
+
+class InspectReady(Message):
+    """What Look inside loaded for a model: tokenizer, anatomy, training shares, embeddings
+    (numpy, so the UI thread may use them), or `error`."""
+
+    def __init__(self, data: dict | None, error: str | None = None):
+        super().__init__()
+        self.data, self.error = data, error

@@ -14,7 +14,7 @@ from rich.text import Text
 from smolmac.evaluation import retain_text
 from smolmac.tui.i18n import t
 
-STATUS_STYLE = {"running": "bold cyan", "starting": "cyan", "finished": "green", "stopped": "yellow", "failed": "bold red", "new": "dim"}
+STATUS_STYLE = {"running": "bold cyan", "starting": "cyan", "finished": "green", "stopped": "yellow", "failed": "bold red", "new": "dim", "pending": "dim"}
 
 
 def status_text(status: str) -> Text:
@@ -35,6 +35,7 @@ class RunView:
     start: dict | None = None
     done: dict | None = None
     error: str | None = None
+    warnings: list = field(default_factory=list)  # messages of warning events
     samples: deque = field(default_factory=lambda: deque(maxlen=6))
     retain_before: float | None = None  # retain ppl at the start (the first start event's)
     retain_after: float | None = None  # retain ppl at the last eval
@@ -46,6 +47,7 @@ class RunView:
             self.start, self.total_steps, self.done, self.error = e, e.get("total_steps"), None, None
             if self.retain_before is None:
                 self.retain_before = e.get("retain_ppl")
+            self.warnings = []
             # A resumed run re-reports from its checkpoint: drop points past it.
             self.train = [p for p in self.train if p[0] <= step]
             self.valid = [p for p in self.valid if p[0] <= step]
@@ -61,11 +63,21 @@ class RunView:
             parts = []
             if e.get("val_loss") is not None:
                 self.valid.append((step, e["val_loss"]))
-                parts.append(f"val loss {e['val_loss']:.4f}, ppl {e.get('val_ppl', 0):.2f}")
+                parts.append(f"val loss {e['val_loss']:.4f}" + (f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else ""))
+                acc = e.get("eval_rewards/accuracies")  # DPO/ORPO: no perplexity, preference metrics
+                margin = e.get("eval_rewards/margins")
+                if acc is not None:
+                    parts.append(f"{t('preference accuracy')} {acc:.0%}")
+                if margin is not None:
+                    parts.append(f"margin {margin:.3f}")
             if e.get("retain_ppl") is not None:
                 self.retain_after = e["retain_ppl"]
                 parts.append(f"{t('retain ppl')} {e['retain_ppl']:.4g}")
             return f"step {step}: {', '.join(parts)}" if parts else None
+        if kind == "warning":
+            if e.get("message") not in self.warnings:
+                self.warnings.append(e.get("message"))
+            return f"{t('warning')}: {e.get('message')}"
         if kind == "sample":
             self.samples.append(e)
             return None
@@ -93,6 +105,15 @@ class RunView:
         if self.done:
             return "stopped" if self.done.get("stopped") else "finished"
         return "running" if self.start else "starting"
+
+
+def group_label(start: dict | None) -> str | None:
+    """'2 processes on 1 host' for a data-parallel run (its start event), else None."""
+    n = (start or {}).get("world_size", 1)
+    if n <= 1:
+        return None
+    hosts = start.get("hosts", 1)
+    return t("{n} processes on 1 host", n=n) if hosts == 1 else t("{n} processes on {hosts} hosts", n=n, hosts=hosts)
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -50,7 +50,7 @@ def _as_messages(value, role: str, key: str, where: str) -> list[dict]:
         return [{"role": role, "content": value}] if value else []
     if isinstance(value, list):
         return data.normalise_messages(value, where) if value else []
-    raise UserError(f"{where}: '{key}' must be a string or a list of messages, not {type(value).__name__}.")
+    raise UserError(f"{where}: '{key}' must be a string or a list of messages, not {data.json_type(value)}.")
 
 
 def split_row(row: dict) -> tuple[list[dict] | str, list[dict] | str, list[dict] | str, bool]:
@@ -65,6 +65,9 @@ def split_row(row: dict) -> tuple[list[dict] | str, list[dict] | str, list[dict]
     for key, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None or (isinstance(value, (str, list)) and not value):
             raise UserError(f"{where}: '{key}' is empty; every preference row needs a chosen and a rejected reply.")
+    for key, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        if value is not None and not isinstance(value, (str, list)):
+            raise UserError(f"{where}: '{key}' must be a string or a list of messages, not {data.json_type(value)}.")
     if isinstance(chosen, str) and isinstance(rejected, str) and not isinstance(prompt, list):
         if prompt is None:  # implicit: character prefix, the separating space goes to the completions
             k = _common_prefix(chosen, rejected)
@@ -99,18 +102,19 @@ def _encode(hf, text: str) -> list[int]:
     return list(hf(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_side(tokenizer, prompt, completion, conversational: bool, tools=None) -> Example:
+def encode_side(tokenizer, prompt, completion, conversational: bool, tools=None, where: str = "data") -> Example:
     """Prompt + one completion as tokens, with the mask on the completion tokens.
 
     Chat: the prompt is rendered with the generation prompt; the completion is where the tokens
     of the whole conversation leave the prompt's (TRL's `common_prefix_length`), up to and
     including the last end-of-turn token (a template's trailing newline is not trained, as in SFT).
-    Plain strings without a chat template: prompt tokens + completion tokens + EOS.
+    Plain strings without a chat template: the tokenizer's BOS (if it adds one) + prompt tokens
+    + completion tokens + EOS, the prompt encoded exactly as generation encodes it.
     """
     hf = hf_tokenizer(tokenizer)
     if conversational:
-        prompt_ids = _encode(hf, data.render(tokenizer, prompt, add_generation_prompt=True, tools=tools))
-        full_ids = _encode(hf, data.render(tokenizer, prompt + completion, tools=tools))
+        prompt_ids = data.encode_templated(tokenizer, data.render(tokenizer, prompt, add_generation_prompt=True, tools=tools, where=where))
+        full_ids = data.encode_templated(tokenizer, data.render(tokenizer, prompt + completion, tools=tools, where=where))
         p = _common_prefix(prompt_ids, full_ids)
         comp = full_ids[p:]
         eot = data.end_of_turn_ids(tokenizer)
@@ -119,9 +123,9 @@ def encode_side(tokenizer, prompt, completion, conversational: bool, tools=None)
             comp = comp[: ends[-1] + 1]
         ids = full_ids[:p] + comp
     else:
-        ids = _encode(hf, prompt)
+        ids = data.encode_plain(tokenizer, prompt)
         p = len(ids)
-        comp = _encode(hf, completion) + ([hf.eos_token_id] if hf.eos_token_id is not None else [])
+        comp = list(hf.encode(completion, add_special_tokens=False)) + ([hf.eos_token_id] if hf.eos_token_id is not None else [])
         ids = ids + comp
     mask = np.zeros(len(ids), dtype=bool)
     mask[p:] = True
@@ -238,12 +242,15 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_len: int, tokenization: str 
         if chosen == rejected:
             counts["identical"] += 1
             continue
+        tools = row.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise UserError(f"{where}: 'tools' must be a list of tool definitions, not {data.json_type(tools)}.")
         if trl:
             encode = encode_pair_trl_orpo if method == "orpo" else encode_pair_trl_dpo
-            c, r = encode(tokenizer, prompt, chosen, rejected, conversational, row.get("tools"))
+            c, r = encode(tokenizer, prompt, chosen, rejected, conversational, tools)
         else:
-            c = encode_side(tokenizer, prompt, chosen, conversational, row.get("tools"))
-            r = encode_side(tokenizer, prompt, rejected, conversational, row.get("tools"))
+            c = encode_side(tokenizer, prompt, chosen, conversational, tools, where)
+            r = encode_side(tokenizer, prompt, rejected, conversational, tools, where)
         if not (c.mask.any() and r.mask.any()):
             raise UserError(f"{where}: a reply renders to no tokens after the prompt; check the chat template or drop the row.")
         n_prompt = min(int(np.argmax(c.mask)), int(np.argmax(r.mask)))
@@ -281,6 +288,7 @@ class PairBatches(Batches):
             raise UserError("data: no preference pairs are left after tokenisation.")
         self.pairs, self.batch_size, self.max_len, self.seed, self.pad_id = pairs, batch_size, max_len, seed, pad_id
         self.truncated = truncated
+        self.sequences, self.untrained = len(pairs), 0
         self.ref: np.ndarray | None = None
         order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0].tokens), len(pairs[i][1].tokens)))
         self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -300,20 +308,26 @@ class PairBatches(Batches):
             arrays += (np.concatenate([self.ref[group, 0], self.ref[group, 1]]).astype(np.float32),)
         return arrays, int(valid.sum())
 
+    def fingerprint(self) -> str:
+        return data_key(self, "")
+
 
 # ---------------------------------------------------------------------------------------------
 # Reference log-probs: the same weights with adapters disabled, computed once, cached
 
 
-def reference_logps(model, batches: PairBatches) -> np.ndarray:
+def reference_logps(model, batches: PairBatches, groups: list | None = None) -> np.ndarray:
     """Summed completion log-probs (N, 2) [chosen, rejected] of every pair under the reference.
 
     Runs the training batches' exact arrays, so at step 0 the policy's and the reference's
     numbers agree (up to compiled-kernel rounding) and every reward starts at 0.
+
+    Args:
+        groups: only these micro-batches (the others' rows stay 0); default all of them.
     """
     out = np.zeros((len(batches.pairs), 2), np.float32)
     with adapters_disabled(model):
-        for group in batches.groups:
+        for group in batches.groups if groups is None else groups:
             (inputs, targets, mask, _valid), _ = batches.make(group, with_ref=False)
             sums, _ = completion_logps(model, mx.array(inputs), mx.array(targets), mx.array(mask))
             sums = np.array(sums)
@@ -333,13 +347,28 @@ def data_key(batches: PairBatches, model_id: str) -> str:
 
 def cached_reference(model, batches: PairBatches, path: Path, model_id: str) -> tuple[np.ndarray, bool]:
     """Reference log-probs from `path` (.npz) when its key matches the data, else computed and
-    saved atomically. Returns (logps (N, 2), reused)."""
+    saved atomically. Returns (logps (N, 2), reused).
+
+    In a group (smolmac/distributed.py) process 0 reads the cache and sends it to the others;
+    otherwise each process computes every size-th micro-batch and the parts are summed (each
+    pair is in exactly one micro-batch, so the result is what one process computes).
+    """
+    from smolmac.distributed import current
+
+    group = current()
     key = data_key(batches, model_id)
-    if path.is_file():
+    cached = None
+    if group.main and path.is_file():
         with np.load(path) as f:
             if str(f["key"]) == key:
-                return f["logps"], True
-    logps = reference_logps(model, batches)
+                cached = f["logps"]
+    if group.broadcast_json(cached is not None):
+        if group.size == 1:
+            return cached, True
+        return np.array(group.broadcast_arrays({"logps": mx.array(cached)} if group.main else None)["logps"]), True
+    logps = group.sum_numpy(reference_logps(model, batches, batches.groups[group.rank :: group.size]))
+    if not group.main:
+        return logps, False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")
     np.savez(tmp, key=np.array(key), logps=logps)
@@ -371,6 +400,7 @@ def build_pair_task(cfg, model, tokenizer, run_dir, loss_fn, reference: bool = F
             initial weights for full fine-tuning) once, cached as run_dir/ref_logps-*.npz.
     """
     kind, rows, valid_rows = load_split_rows(cfg, cfg.method)
+    data.check_room(tokenizer, cfg.train.max_seq_len)
     if kind != "preference":
         raise UserError(f"{cfg.data.train}: method {cfg.method} needs preference rows with chosen and rejected columns (and optionally prompt), but the data is {kind}; map yours with data.columns.")
     train, counts = build_pairs(tokenizer, rows, cfg)
@@ -392,4 +422,4 @@ def build_pair_task(cfg, model, tokenizer, run_dir, loss_fn, reference: bool = F
                 reused.append(hit)
         notes["ref_logps"] = "reused" if all(reused) else "computed"
         notes["ref_logps_s"] = round(time.perf_counter() - tic, 2)
-    return Task(train, valid, loss_fn, len(train.pairs), len(valid.pairs) if valid else 0, train.truncated, notes)
+    return Task(train, valid, loss_fn, len(train.pairs), len(valid.pairs) if valid else 0, train.truncated, notes, perplexity=False)

@@ -84,8 +84,10 @@ def _sep_id(hf) -> int:
     return int(hf.eos_token_id)
 
 
-def _write_tokens(docs, hf, sep: int, path: Path, dtype) -> tuple[int, int]:
-    """Tokenise documents in chunks (the Rust tokenizer batches in parallel) into a flat file."""
+def _write_tokens(docs, hf, sep: int, path: Path, dtype, bos: list[int] = ()) -> tuple[int, int]:
+    """Tokenise documents in chunks (the Rust tokenizer batches in parallel) into a flat file:
+    each document as `encode_plain` gives it (the tokenizer's BOS, if any, then its tokens, as
+    generation encodes an untemplated prompt), then the separator."""
     tmp = path.with_suffix(".tmp")
     n_tokens = n_docs = 0
     with tmp.open("wb") as f:
@@ -94,6 +96,7 @@ def _write_tokens(docs, hf, sep: int, path: Path, dtype) -> tuple[int, int]:
         def flush():
             nonlocal n_tokens
             for ids in hf(chunk, add_special_tokens=False)["input_ids"]:
+                ids = ids if not bos or ids[: len(bos)] == list(bos) else [*bos, *ids]
                 arr = np.asarray(ids + [sep], dtype=dtype)
                 arr.tofile(f)
                 n_tokens += len(arr)
@@ -117,7 +120,7 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
     Returns (train tokens, valid tokens or None, meta).
     """
     from smolmac import data as data_mod
-    from smolmac.data import hf_tokenizer
+    from smolmac.data import bos_ids, hf_tokenizer
 
     d = cfg.data
     if not d.train:
@@ -131,6 +134,9 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
         "max_rows": d.max_rows, "columns": d.columns, "seed": cfg.train.seed, "budget": None,
         "tokenizer": hashlib.sha1(tok_json).hexdigest(), "dtype": np.dtype(dtype).name,
     }
+    bos = bos_ids(tokenizer)
+    if bos:  # a BOS-adding tokenizer starts every document with it (older caches had no key)
+        key["bos"] = bos
     train_spec = resolve_path(d.train)
     streamed = not is_local(train_spec)
     if streamed and cfg.train.steps:  # stream only as many tokens as the steps will consume
@@ -159,12 +165,12 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
         valid_docs = load_documents(d.valid, d, d.valid_split or d.split, tokenizer)
     elif d.valid_split and valid_docs is None:
         valid_docs = load_documents(d.train, d, d.valid_split, tokenizer)
-    n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype)
+    n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype, bos)
     n_valid = docs_valid = 0
     if valid_docs is not None:
         # the validation documents are also kept as text rows: a pipeline's later stages measure
         # forgetting on them (their eval.retain, see smolmac/pipeline.py)
-        n_valid, docs_valid = _write_tokens(_kept_as_rows(valid_docs, out / "valid.jsonl"), hf, sep, out / "valid.bin", dtype)
+        n_valid, docs_valid = _write_tokens(_kept_as_rows(valid_docs, out / "valid.jsonl"), hf, sep, out / "valid.bin", dtype, bos)
     meta = {"key": key, "train_tokens": n_train, "valid_tokens": n_valid, "train_docs": docs_train, "valid_docs": docs_valid, "sep_id": sep}
     meta_path.write_text(json.dumps(meta, indent=2))
     return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if n_valid else None), meta
@@ -242,8 +248,11 @@ def build_task(cfg, model, tokenizer, run_dir):
     if config:
         flops_token = flops_per_token(config, t.max_seq_len)
         notes.update(flops_per_token=flops_token, peak_tflops=round(peak_flops() / 1e12, 4))
-    if valid is not None and not list_checkpoints(Path(run_dir) / "checkpoints"):
-        # Val loss of the untrained model: the "before" of what pretraining learned.
+    from smolmac.distributed import current
+
+    if valid is not None and current().main and not list_checkpoints(Path(run_dir) / "checkpoints"):
+        # Val loss of the untrained model: the "before" of what pretraining learned (process 0
+        # of a group reports it; the others skip it).
         loss, _ = evaluate_loss(model, valid, lm_loss, cfg.eval.batches)
         notes.update(init_val_loss=round(loss, 6), init_val_ppl=round(math.exp(min(loss, 50)), 4))
     clock = {"since": time.perf_counter()}

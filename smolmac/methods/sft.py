@@ -41,6 +41,8 @@ def build_task(cfg, model, tokenizer, run_dir) -> Task:
     if kind == "preference":
         raise UserError(f"{cfg.data.train}: preference rows (chosen/rejected) need method dpo or orpo, not sft.")
     t = cfg.train
+    if kind != "text":
+        data.check_room(tokenizer, t.max_seq_len)
     train_ex = data.tokenize_rows(tokenizer, kind, rows)
     train = Batches(train_ex, t.batch_size, t.max_seq_len, t.seed, t.packing, pad_id(tokenizer))
     valid = None

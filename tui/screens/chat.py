@@ -1,5 +1,8 @@
 """Chat with a base model and any number of adapters side by side on the same prompt: one column
 for the base and one per adapter (runs, mlx-lm or PEFT adapter dirs, `NAME=DIR` to name them).
+Opened on a run or a pipeline (`open_chat`), it offers that run's models to pick from (the
+untrained, pretrained, fine-tuned and aligned models, a LoRA stage as base + adapter): the same
+prompt goes to each, and a pretrained-only model continues plain text (its title says so).
 
 The base model is loaded once and the adapters are attached to it by name (switched per reply,
 no weights reloaded). Generation runs in ONE long-lived thread worker (`generator`): it loads the
@@ -12,14 +15,15 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, HorizontalScroll, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, Select, Static
+from textual.widgets import Checkbox, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from smolmac.errors import UserError
@@ -38,6 +42,44 @@ class Job:
     max_tokens: int
     temp: float
     top_p: float
+    plain: frozenset = frozenset()  # columns (adapter names, "base") prompted as plain text
+
+
+MAX_PICKED = 4  # columns of models picked from a run or pipeline
+
+
+def column_name(ref) -> str:
+    """A picked model's column name: its stage, or "untrained" / "base"."""
+    return {"init": "untrained", "base": "base"}.get(ref.kind, ref.stage or ref.label)
+
+
+def chat_setup(refs: list) -> dict:
+    """The chat's fields for models picked from a run or pipeline (smolmac.pipeline.ModelRef):
+    `model` (the base a LoRA stage's adapter attaches to), `adapters` ("NAME=DIR, ..."), `mode`,
+    pane `titles` and the `plain` columns (no chat template: pretrained-only or untrained).
+
+    The first picked model is the base pane when it is that base, or the model the run started
+    from (loaded once); every other model is a column: an adapter on the base, or a model of its
+    own (a full stage, `init/`, the `fused/` model of a LoRA stage whose base is another one).
+    """
+    lora = [r for r in refs if r.adapter]
+    base = lora[0].model if lora else (refs[0].model if refs and refs[0].kind == "base" else "")
+    columns, titles, plain = [], {}, set()
+    use_base = bool(refs) and not refs[0].adapter and refs[0].model == base
+    for i, r in enumerate(refs):
+        title = r.label + (" · " + t("plain text") if not r.chat else "")  # no chat template
+        name = "base" if i == 0 and use_base else column_name(r)
+        if name != "base" or not use_base:
+            if r.adapter and r.model != base:
+                fused = Path(r.adapter).parent / "fused"
+                path = str(fused if (fused / "config.json").is_file() else r.adapter)
+            else:
+                path = r.adapter or r.model
+            columns.append(f"{name}={path}")
+        titles[name] = title
+        if not r.chat:
+            plain.add(name)
+    return {"model": base, "adapters": ", ".join(columns), "mode": "both" if use_base else "adapter", "titles": titles, "plain": plain}
 
 
 def adapter_columns(text: str) -> list[tuple[str, str, str]]:
@@ -105,15 +147,27 @@ class ChatScreen(Screen):
         Binding("ctrl+o", "mode", t("Base / adapter / both"), priority=True),
     ]
 
-    def __init__(self, model: str | None = None, run_dir: str | None = None):
+    def __init__(self, model: str | None = None, run_dir: str | None = None, choices: list | None = None, picked: list | None = None):
         """Args: model: the base model; run_dir: one run or adapter dir, or several comma-separated
-        (each optionally NAME=DIR), one column each."""
+        (each optionally NAME=DIR), one column each; choices: the models of a run or pipeline
+        (ModelRef) to pick 2-4 from, `picked` (their indices) first."""
         super().__init__()
         self.model, self.run_dir = model, run_dir
         self.jobs: queue.Queue = queue.Queue()
         self.cancel = threading.Event()
         self.pending = 0
         self.columns: list[tuple[str, str, str]] = []  # (side, adapter name, path), shown now
+        self.choices = choices or []
+        self.picked = list(picked or [])
+        self.titles: dict[str, str] = {}  # pane titles of picked models (adapter name or "base")
+        self.plain: set[str] = set()
+        self.initial_mode = None
+        if self.choices:
+            self._apply_setup(chat_setup([self.choices[i] for i in self.picked]))
+
+    def _apply_setup(self, setup: dict) -> None:
+        self.model, self.run_dir, self.initial_mode = setup["model"], setup["adapters"], setup["mode"]
+        self.titles, self.plain = setup["titles"], setup["plain"]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -124,7 +178,7 @@ class ChatScreen(Screen):
             yield Input(self.run_dir or "", id="chat-run", compact=True, placeholder=t("run dirs or NAME=DIR, comma-separated (optional)"))
         with Horizontal(id="chat-sampling"):
             yield Label(t("mode"))
-            mode = "both" if self.run_dir and self.model else ("adapter" if self.run_dir else "base")
+            mode = self.initial_mode or ("both" if self.run_dir and self.model else ("adapter" if self.run_dir else "base"))
             yield Select([(t(m), m) for m in MODES], value=mode, allow_blank=False, id="chat-mode", compact=True)
             yield Label(t("temperature"))
             yield Input("0.0", id="chat-temp", compact=True)
@@ -132,8 +186,13 @@ class ChatScreen(Screen):
             yield Input("1.0", id="chat-top-p", compact=True)
             yield Label(t("max tokens"))
             yield Input("256", id="chat-max", compact=True)
+        if self.choices:
+            with HorizontalScroll(id="chat-pick"):
+                yield Label(t("models"))
+                for i, ref in enumerate(self.choices):
+                    yield Checkbox(column_name(ref), i in self.picked, id=f"pick-{i}", compact=True, tooltip=ref.label)
         with Horizontal(id="chat-panes"):
-            yield Transcript("base", t("base model"), id="pane-base")
+            yield Transcript("base", self.titles.get("base", t("base model")), id="pane-base")
             try:
                 self.columns = adapter_columns(self.run_dir or "")
             except UserError:  # a bad field shows its error when a message is sent
@@ -147,6 +206,16 @@ class ChatScreen(Screen):
         self._show_panes()
         self.generator()
         self.query_one("#chat-prompt", Input).focus()
+        if self.choices:
+            self._warm()
+
+    def _warm(self) -> None:
+        """Load the picked models while the user types (a job with no reply to give)."""
+        try:
+            adapters = {name: path for _, name, path in adapter_columns(self.run_dir or "")}
+        except Exception:  # a bad field says why when a message is sent
+            return
+        self.jobs.put(Job(self.model or "", adapters, [], {}, 1, 0.0, 1.0))
 
     def on_unmount(self) -> None:
         self.cancel.set()
@@ -156,6 +225,8 @@ class ChatScreen(Screen):
         return self.query_one("#chat-mode", Select).value
 
     def _title(self, name: str) -> str:
+        if name in self.titles:
+            return self.titles[name]
         single = len(self.columns) == 1 and "=" not in (self.run_dir or "")
         return t("with the run's adapter") if single else t("adapter {name}", name=name)
 
@@ -186,6 +257,27 @@ class ChatScreen(Screen):
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "chat-mode":
             self._show_panes()
+
+    async def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        """Pick 2-4 of the run's models: the fields and the columns follow."""
+        i = int(event.checkbox.id.removeprefix("pick-"))
+        picked = [j for j in self.picked if j != i] + ([i] if event.value else [])
+        if len(picked) > MAX_PICKED:
+            with event.checkbox.prevent(Checkbox.Changed):
+                event.checkbox.value = False
+            self.notify(t("Pick at most {n} models; untick one first.", n=MAX_PICKED), severity="warning")
+            return
+        self.picked = sorted(picked)
+        if not self.picked:
+            return
+        self._apply_setup(chat_setup([self.choices[j] for j in self.picked]))
+        self.query_one("#chat-model", Input).value = self.model
+        self.query_one("#chat-run", Input).value = self.run_dir
+        with self.prevent(Select.Changed):
+            self.query_one("#chat-mode", Select).value = self.initial_mode
+        self.query_one("#pane-base", Transcript).border_title = self.titles.get("base", t("base model"))
+        await self._sync_columns(adapter_columns(self.run_dir))
+        self._warm()
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -239,7 +331,7 @@ class ChatScreen(Screen):
             messages[side] = list(pane.messages)
         self.cancel.clear()
         self.pending = len(targets)
-        self.jobs.put(Job(model, {name: path for _, name, path in columns}, targets, messages, max_tokens, temp, top_p))
+        self.jobs.put(Job(model, {name: path for _, name, path in columns}, targets, messages, max_tokens, temp, top_p, frozenset(self.plain)))
 
     # -- the worker -------------------------------------------------------------------------
 
@@ -277,8 +369,10 @@ class ChatScreen(Screen):
                         except Exception as e:  # only this adapter's column fails
                             failed[name] = describe_error(e)
                 info = backend.inspect(handle)
-                sizes = "".join(f" · {n} {mb:.2f} MB" for n, mb in info["adapters"].items())
-                self.post_message(ChatStatus(t("base {mb} MB", mb=f"{info['base_mb']:.2f}") + sizes))
+                sizes = [f"{n} {mb:.2f} MB" for n, mb in info["adapters"].items()]
+                if info["base_mb"] or not sizes:  # no base loaded when every column is a model of its own
+                    sizes.insert(0, t("base {mb} MB", mb=f"{info['base_mb']:.2f}"))
+                self.post_message(ChatStatus(" · ".join(sizes)))
             except Exception as e:  # the base did not load: every column says why
                 handle = None
                 self.post_message(ChatStatus(""))
@@ -290,7 +384,8 @@ class ChatScreen(Screen):
                     self.post_message(ChatFinished(side, failed[name]))
                     continue
                 try:
-                    for piece in backend.stream(handle, job.messages[side], adapter=name, max_tokens=job.max_tokens, temp=job.temp, top_p=job.top_p):
+                    plain = {"chat": False} if (name or "base") in job.plain else {}  # no chat template
+                    for piece in backend.stream(handle, job.messages[side], adapter=name, max_tokens=job.max_tokens, temp=job.temp, top_p=job.top_p, **plain):
                         if self.cancel.is_set() or worker.is_cancelled:
                             break
                         self.post_message(ChatPiece(side, piece))
@@ -328,3 +423,26 @@ class ChatScreen(Screen):
         self.cancel.set()
         self.app.pop_screen()
 
+
+
+def open_chat(app, run_dir: str | Path | None, stage: str | None = None) -> None:
+    """Open the chat on a run or a pipeline with its models to pick from: a run's base and trained
+    model; a pipeline's last three models, or a stage with the model it started from."""
+    from smolmac.pipeline import run_models
+    from smolmac.tui.dialogs.error import describe_error
+
+    if run_dir is None or not Path(run_dir).is_dir():
+        app.push_screen(ChatScreen())
+        return
+    try:
+        refs = run_models(run_dir)
+    except Exception as e:  # an unreadable run dir: say why, open an empty chat
+        app.show_error(describe_error(e))
+        return
+    if not refs:
+        app.notify(t("{name} has no model to chat with yet.", name=Path(run_dir).name), severity="warning")
+        app.push_screen(ChatScreen())
+        return
+    at = next((i for i, r in enumerate(refs) if r.stage == stage and r.kind == "trained"), None) if stage else None
+    picked = [max(0, at - 1), at] if at is not None else list(range(max(0, len(refs) - 3), len(refs)))
+    app.push_screen(ChatScreen(choices=refs, picked=sorted(set(picked))))

@@ -1,7 +1,10 @@
-"""Dashboard of one run: live loss chart, lr, tok/s, memory, progress and ETA, samples, events.
+"""Dashboard of one run (or one stage of a pipeline): live loss chart, lr, tok/s (of the whole
+group for a data-parallel run, with its processes and hosts), memory, progress and ETA, samples,
+events.
 
 The screen tails DIR/events.jsonl twice a second; a run whose process is gone without a final
-event is shown as failed with the last line it printed.
+event is shown as failed with the last line it printed. A stage's process is its pipeline's, so
+stop, resume and chat act on the pipeline.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
 from smolmac.events import EventTail
 from smolmac.launcher import CRASHED, last_log_line
 from smolmac.tui.i18n import t
-from smolmac.tui.view import RunView, fmt_duration, status_text
+from smolmac.tui.view import RunView, fmt_duration, group_label, status_text
 from smolmac.tui.widgets.loss_chart import LossChart
 
 
@@ -29,13 +32,17 @@ class DashboardScreen(Screen):
         Binding("escape", "app.pop_screen", t("Back")),
         Binding("s", "stop", t("Stop")),
         Binding("r", "resume", t("Resume")),
+        Binding("s", "explain('stop')", show=False, system=True),  # when it does not apply: why
+        Binding("r", "explain('resume')", show=False, system=True),
         Binding("t", "chat", t("Chat")),
         Binding("e", "export", t("Export")),
+        Binding("i", "inspect", t("Inside")),
     ]
 
-    def __init__(self, run_dir: str | Path, poll_s: float = 0.5):
+    def __init__(self, run_dir: str | Path, poll_s: float = 0.5, pipeline_dir: str | Path | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.process_dir = Path(pipeline_dir) if pipeline_dir else self.run_dir  # whose process trains it
         self.poll_s = poll_s
         self.view = RunView()
         self.tail = EventTail(self.run_dir / "events.jsonl")
@@ -56,7 +63,8 @@ class DashboardScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#dash-title", Static).update(Text.assemble((self.run_dir.name, "bold"), ("  " + str(self.run_dir), "dim")))
+        name = f"{self.process_dir.name} › {self.run_dir.name}" if self.process_dir != self.run_dir else self.run_dir.name
+        self.query_one("#dash-title", Static).update(Text.assemble((name, "bold"), ("  " + str(self.run_dir), "dim")))
         self.poll()
         self.render_view()
         self.set_interval(self.poll_s, self.poll)
@@ -73,14 +81,14 @@ class DashboardScreen(Screen):
                 self.crashed = None
             if line:
                 log.write(line)
-        if self.view.status in ("running", "starting") and self.crashed is None and self.app.launcher.alive(self.run_dir) is False:
+        if self.view.status in ("running", "starting") and self.crashed is None and self.app.launcher.alive(self.process_dir) is False:
             # Read once more: the process may have written its last events just before exiting.
             for e in self.tail.poll():
                 line = self.view.add(e)
                 if line:
                     log.write(line)
             if self.view.status in ("running", "starting"):
-                self.crashed = last_log_line(self.run_dir) or t(CRASHED)
+                self.crashed = last_log_line(self.process_dir) or t(CRASHED)
                 log.write(f"error: {self.crashed}")
             changed = True
         if changed:
@@ -96,6 +104,9 @@ class DashboardScreen(Screen):
         total = v.total_steps
         step = f"{t('step')} {v.step}/{total}" if total else f"{t('step')} {v.step}"
         cells = [step]
+        group = group_label(v.start)  # data parallel: smolmac train --nproc/--hostfile
+        if group:
+            cells.append(group)
         if last:
             cells.append(f"{t('loss')} {last['loss']:.4f}")
         if v.last_eval and v.last_eval.get("val_loss") is not None:
@@ -114,6 +125,9 @@ class DashboardScreen(Screen):
             stats.append(error)
         elif v.done:
             stats.append("\n" + t("Output") + f": {v.done.get('output')}", style="yellow" if v.done.get("stopped") else "green")
+        for warning in v.warnings[-2:]:  # the latest; the event log below has them all
+            stats.append("\n" + t("warning") + ": ", style="bold yellow")
+            stats.append(warning, style="yellow")
         self.query_one("#dash-stats", Static).update(stats)
         bar = self.query_one("#dash-progress", ProgressBar)
         bar.update(total=total or None, progress=v.step)
@@ -124,21 +138,33 @@ class DashboardScreen(Screen):
             samples.append(s["prompt"].strip() + "\n", style="bold")
             samples.append("→ " + s["completion"].strip() + "\n\n")
         self.query_one("#dash-samples", Static).update(samples if v.samples else Text(t("Samples appear at each evaluation (eval.prompts)."), style="dim"))
+        self.refresh_bindings()  # stop / resume follow the status
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Stop shows while the run trains, resume once it stopped or failed."""
+        if action == "stop":
+            return self.status in ("running", "starting")
+        if action == "resume":
+            return self.status in ("stopped", "failed")
+        return True
+
+    def action_explain(self, action: str) -> None:
+        getattr(self, f"action_{action}")()
 
     # -- actions ----------------------------------------------------------------------------
 
     def action_stop(self) -> None:
-        if self.app.launcher.stop(self.run_dir):
-            self.notify(t("Stopping {name}: it saves a checkpoint, then stops.", name=self.run_dir.name))
+        if self.app.launcher.stop(self.process_dir):
+            self.notify(t("Stopping {name}: it saves a checkpoint, then stops.", name=self.process_dir.name))
         else:
-            self.notify(t("{name} is not running.", name=self.run_dir.name), severity="warning")
+            self.notify(t("{name} is not running.", name=self.process_dir.name), severity="warning")
 
     def action_resume(self) -> None:
         if self.status not in ("stopped", "failed"):
             self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=self.run_dir.name, status=t(self.status)))
             return
         try:
-            self.app.launcher.resume(self.run_dir)
+            self.app.launcher.resume(self.process_dir)
         except Exception as e:  # UserError, or an OSError from spawning the process
             self.app.show_error(e)
             return
@@ -148,12 +174,17 @@ class DashboardScreen(Screen):
         self.render_view()
 
     def action_chat(self) -> None:
-        from smolmac.tui.screens.chat import ChatScreen
+        from smolmac.tui.screens.chat import open_chat
 
-        model = (self.view.start or {}).get("model")
-        self.app.push_screen(ChatScreen(model=model, run_dir=str(self.run_dir)))
+        open_chat(self.app, self.process_dir, stage=self.run_dir.name if self.process_dir != self.run_dir else None)
 
     def action_export(self) -> None:
         from smolmac.tui.screens.export import ExportScreen
 
         self.app.push_screen(ExportScreen(str(self.run_dir)))
+
+    def action_inspect(self) -> None:
+        from smolmac.tui.screens.inspect import InspectScreen
+
+        stage = self.run_dir.name if self.process_dir != self.run_dir else None
+        self.app.push_screen(InspectScreen(self.process_dir, model=stage))

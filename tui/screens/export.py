@@ -88,8 +88,13 @@ class ExportScreen(Screen):
         yield Footer(compact=True)
 
     def _run_options(self) -> list[tuple[str, str]]:
-        runs = [r for r in list_runs(self.app.runs_dir, self.app.launcher) if r["status"] in ("finished", "stopped")]
-        options = [(f"{r['name']} ({t(r['status'])})", r["dir"]) for r in runs]
+        options = []
+        for r in list_runs(self.app.runs_dir, self.app.launcher):
+            if r["status"] in ("finished", "stopped"):
+                options.append((f"{r['name']} ({t(r['status'])})", r["dir"]))
+            for s in r.get("stages") or []:  # a pipeline's stages export one by one too
+                if s["status"] in ("finished", "stopped") and s.get("method") != "tokenizer":
+                    options.append((f"{r['name']} › {s['label']} ({t(s['status'])})", s["dir"]))
         if self.run_dir and self.run_dir not in {d for _, d in options}:
             options.insert(0, (Path(self.run_dir).name, self.run_dir))
         return options
@@ -114,7 +119,9 @@ class ExportScreen(Screen):
         fmt = self.query_one("#export-format", Select).value
         if run is not Select.NULL:
             suffix = EXPORTERS[fmt].suffix or ""
-            self.query_one("#export-out", Input).value = str(Path("exports") / f"{Path(run).name}-{fmt}{suffix}")
+            parent = Path(run).parent  # a pipeline's stage: named after both
+            name = f"{parent.name}-{Path(run).name}" if (parent / "events.jsonl").is_file() else Path(run).name
+            self.query_one("#export-out", Input).value = str(Path("exports") / f"{name}-{fmt}{suffix}")
 
     def _choice(self) -> dict:
         """The form as export_run's arguments (a --quantize type goes as quantize, not dtype)."""

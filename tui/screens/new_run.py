@@ -1,5 +1,6 @@
-"""New run: a recipe (from recipes/ or from scratch) as a form, with a data preview, a memory
-estimate, Save as recipe and Start (which launches `smolmac train` and opens the dashboard).
+"""New run: a recipe (yours in recipes/, one shipped with smolmac, or from scratch) as a form,
+with a data preview, a memory estimate, the stages of a pipeline (add, remove, reorder, edit),
+Save as recipe and Start (which launches `smolmac train` and opens the dashboard).
 
 Every change is validated with smolmac.config (the same code that validates recipe files);
 data preview and memory estimate run in thread workers and post their results back.
@@ -48,6 +49,7 @@ from smolmac.tui.widgets.config_form import (
     values_of,
     write_widget,
 )
+from smolmac.tui.widgets.stages import StagesEditor
 
 SETUP_KEYS = ("name", "model", "method", "full", "data.train", "data.valid", "train.steps", "train.epochs", "train.batch_size", "train.lr", "lora.rank")
 LABELS = {"name": "run name", "data.train": "training data", "data.valid": "validation data"}
@@ -85,10 +87,11 @@ class NewRunScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", t("Back")),
         Binding("ctrl+r", "start", t("Start"), priority=True),
-        Binding("ctrl+s", "save", t("Save recipe"), priority=True),
-        Binding("ctrl+t", "next_tab", t("Next tab"), priority=True),
-        Binding("ctrl+l", "preview", t("Preview data"), priority=True),
+        Binding("ctrl+s", "save", t("Save"), priority=True),
+        Binding("ctrl+t", "next_tab", t("Tab"), priority=True),
+        Binding("ctrl+l", "preview", t("Preview"), priority=True),
     ]
+    TABS = ("tab-setup", "tab-stages", "tab-data", "tab-settings")
 
     AUTO_FOCUS = "#recipe"
 
@@ -113,6 +116,8 @@ class NewRunScreen(Screen):
                     yield FieldRow(key, t(LABELS.get(key, key)))
                     if key == "model":
                         yield Static(id="models-hint", classes="hint")
+            with TabPane(t("Stages"), id="tab-stages"), VerticalScroll():
+                yield StagesEditor(id="stages")
             with TabPane(t("Data"), id="tab-data"), VerticalScroll():
                 yield Static(t("Choose the training data on the Setup tab; local files are previewed as you type, Hub datasets with Ctrl+L."), id="preview-summary")
                 yield Static(id="preview-rows")
@@ -125,9 +130,12 @@ class NewRunScreen(Screen):
         yield Footer(compact=True)
 
     def _recipe_options(self) -> list[tuple[str, str]]:
-        folder = self.app.recipes_dir
-        files = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")) if folder.is_dir() else []
-        return [(t("from scratch"), "")] + [(p.stem, str(p)) for p in files]
+        """Your recipes (recipes_dir), then the ones shipped with smolmac; pipelines marked."""
+        options = [(t("from scratch"), "")]
+        for r in C.list_recipes(self.app.recipes_dir):
+            mark = " · " + t("pipeline") if r["pipeline"] else ""
+            options.append((r["name"] + mark + ("" if r["shipped"] else " · " + t("yours")), r["path"]))
+        return options
 
     def _settings(self) -> ComposeResult:
         general = [k for k in SPECS if "." not in k and k not in SETUP_KEYS]
@@ -167,8 +175,9 @@ class NewRunScreen(Screen):
         if cfg is None:
             problem.update(Text.assemble(("✗ ", "bold red"), (message, "red")))
         else:
-            note = "  " + t("pipeline of {n} stages (kept as in the recipe)", n=len(cfg.stages)) if cfg.stages else ""
+            note = "  " + t("pipeline of {n} stages (Stages tab)", n=len(cfg.stages)) if cfg.stages else ""
             problem.update(Text.assemble(("✓ ", "bold green"), (t("valid recipe"), "green"), (note, "dim")))
+        self.query_one(StagesEditor).show_problem(message if key == "stages" else None)
         for section in ["lora", "dpo", "orpo", "tokenizer"]:
             self.query_one(f"#sec-{section}").display = section_visible(section, values)
         self.query_one("#f-lora-rank").parent.display = section_visible("lora", values)
@@ -208,15 +217,29 @@ class NewRunScreen(Screen):
         if getattr(event.input, "field_key", None) in ("data.train", "model"):
             self.action_preview()
 
+    def on_stages_editor_changed(self, event: StagesEditor.Changed) -> None:
+        self.extra = {"stages": event.stages} if event.stages else {}
+        self._changed("stages")
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Preview belongs to the data: hidden on the Stages tab (the footer keeps its keys)."""
+        if action == "preview" and self.is_mounted:
+            return self.query_one(TabbedContent).active != "tab-stages"
+        return True
+
     def on_descendant_focus(self, event) -> None:
         widget = event.widget
         key = getattr(widget, "field_key", None) or getattr(widget.parent, "field_key", None)
         if widget.id == "recipe":
-            self.query_one("#help", Static).update(Text.assemble((t("recipe"), "bold"), ": ", t("start from a recipe in {folder} or from scratch; Ctrl+T switches tabs.", folder=str(self.app.recipes_dir))))
+            self.query_one("#help", Static).update(Text.assemble((t("recipe"), "bold"), ": ", t("start from one of your recipes ({folder}), one shipped with smolmac, or from scratch; Ctrl+T switches tabs.", folder=str(self.app.recipes_dir))))
         elif key:
             spec = SPECS[key]
             default = "" if spec.default is None else f"  ({t('default')}: {spec.default!r})"
-            self.query_one("#help", Static).update(Text.assemble((key, "bold"), ": ", t(spec.help), (default, "dim")))
+            valid = f"  [{t('accepts')}: {spec.valid}]" if spec.valid and not spec.choices else ""
+            self.query_one("#help", Static).update(Text.assemble((key, "bold"), ": ", t(spec.help), (default, "dim"), (valid, "dim")))
 
     def load_recipe(self, path: str) -> None:
         """Fill the form from a recipe file ('' = defaults)."""
@@ -226,6 +249,7 @@ class NewRunScreen(Screen):
             self.app.show_error(e)
             return
         self.extra = {"stages": cfg.stages} if cfg.stages else {}
+        self.query_one(StagesEditor).set_stages(cfg.stages)
         fields = self.fields()
         for key, value in values_of(cfg).items():
             if key in fields:
@@ -331,8 +355,7 @@ class NewRunScreen(Screen):
 
     def action_next_tab(self) -> None:
         tabs = self.query_one(TabbedContent)
-        order = ["tab-setup", "tab-data", "tab-settings"]
-        tabs.active = order[(order.index(tabs.active) + 1) % len(order)]
+        tabs.active = self.TABS[(self.TABS.index(tabs.active) + 1) % len(self.TABS)]
 
     def _valid_config(self) -> C.Config | None:
         cfg = self.revalidate()
@@ -363,6 +386,11 @@ class NewRunScreen(Screen):
             self.app.launcher.start(recipe, run_dir)
         except Exception as e:  # OSError from the folder or from spawning the process
             self.app.show_error(e)
+            return
+        if cfg.stages:  # a pipeline: its stages' dashboard
+            from smolmac.tui.screens.pipeline import PipelineScreen
+
+            self.app.switch_screen(PipelineScreen(run_dir))
             return
         from smolmac.tui.screens.dashboard import DashboardScreen
 

@@ -30,6 +30,7 @@ class FieldSpec:
     default: Any
     help: str
     choices: tuple | None = None
+    valid: str = ""  # the values it takes beyond its type, e.g. "> 0" (smolmac.config)
 
     @property
     def is_bool(self) -> bool:
@@ -52,13 +53,13 @@ def field_specs() -> dict[str, FieldSpec]:
     for f in dataclasses.fields(C.Config):
         if f.name in C.SECTIONS or f.name == "stages":
             continue
-        out[f.name] = FieldSpec(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata.get("choices"))
+        out[f.name] = FieldSpec(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata.get("choices"), C.valid_values(f))
     for section, cls in C.SECTIONS.items():
         hints = typing.get_type_hints(cls)
         inst = cls()
         for f in dataclasses.fields(cls):
             key = f"{section}.{f.name}"
-            out[key] = FieldSpec(key, hints[f.name], getattr(inst, f.name), f.metadata["help"], f.metadata.get("choices"))
+            out[key] = FieldSpec(key, hints[f.name], getattr(inst, f.name), f.metadata["help"], f.metadata.get("choices"), C.valid_values(f))
     return out
 
 
@@ -178,8 +179,17 @@ def check(values: dict[str, Any], extra: dict | None = None) -> tuple[C.Config |
     try:
         cfg = C.apply_mapping(C.Config(), mapping, "form")
         C.validate(cfg, "form")
+        C.check_stages(cfg, "form")  # each stage's keys, as a recipe file's stages are checked
+        if cfg.stages:  # and each stage as the pipeline resolves it (shipped data paths, chain)
+            from smolmac.pipeline import stage_config
+
+            base = cfg.to_dict()
+            for i, stage in enumerate(cfg.stages, 1):
+                stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None)
     except UserError as e:
         message = str(e)
+        if "stages[" in message:
+            return None, message, "stages"
         keys = [k for k in re.findall(r"'([a-z_]+(?:\.[a-z_]+)?)'", message) if k in SPECS]
         return None, message, keys[0] if keys else None
     return cfg, None, None

@@ -6,7 +6,7 @@ from textual_plotext import PlotextPlot
 
 from smolmac.tui.i18n import t
 
-COLORS = ("cyan", "orange", "green", "magenta")
+COLORS = ("cyan", "orange", "green", "magenta", "red", "blue")
 
 
 class LossChart(PlotextPlot):
