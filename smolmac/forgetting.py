@@ -73,6 +73,17 @@ def sft_recipe(model: Path, retain: Path, mode: str, steps: int, eval_every: int
     }
 
 
+def _same_settings(run_dir: Path, steps: int, lr: float) -> None:
+    """A run left in `work` is reused only when it has the steps and learning rate asked for."""
+    from smolmac.errors import UserError
+    from smolmac.runs import read_config
+
+    t = read_config(run_dir).train
+    if (t.steps, t.lr) != (steps, lr):
+        raise UserError(f"--work: {run_dir} holds a run of {t.steps} steps at lr {t.lr:g}, not {steps} at {lr:g}; "
+                        f"give another --work folder or remove that one.")
+
+
 def curve(events: list[dict]) -> dict:
     """A run's trainable parameters, retain ppl before, and (step, exact match, answer loss,
     retain ppl) at each evaluation."""
@@ -130,6 +141,8 @@ def bench_forgetting(steps: int | None = None, eval_every: int = 25, pretrain_st
             on_message(f"SFT with {mode} (lr {lrs[mode]:g}, {steps} steps) ...")
             run_dir = root / mode
             resume = (run_dir / "config.yaml").is_file()
+            if resume:
+                _same_settings(run_dir, steps, lrs[mode])
             run = smolmac.train(None if resume else sft_recipe(model, retain, mode, steps, eval_every, lrs[mode]), run_dir=run_dir, resume=resume)
             curves[mode] = curve(run.events)
     finally:

@@ -209,3 +209,5 @@ def test_bench_forgetting_end_to_end_on_a_few_steps(tmp_path):
     assert any(line.startswith("at the end (4 steps):") for line in lines) and any(line.startswith("lora ") for line in lines)
     again = bench_forgetting(steps=4, eval_every=2, pretrain_steps=4, work=tmp_path / "w", on_message=lines.append)
     assert again["curves"] == res["curves"]
+    with pytest.raises(UserError, match=r"--work: .*lora holds a run of 4 steps at lr 0.002, not 6 at 0.002; give another --work folder"):
+        bench_forgetting(steps=6, eval_every=2, pretrain_steps=4, work=tmp_path / "w")
