@@ -4,6 +4,7 @@ process (so peak memory is its own):
     smolmac bench sft [--size tiny|135m] [--steps N] [--batch-size B] [--out results.json]
     smolmac bench dpo
     smolmac bench pretrain
+    smolmac bench forgetting [--steps 300] [--work DIR]   # LoRA vs full: task score, retain ppl
 
 `sft` trains the same random-weight model on the same variable-length chat rows (short and long
 mixed) through smolmac and through `mlx_lm.tuner.train`, and reports real (non-pad) tokens per
@@ -384,9 +385,14 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {dev}, mlx {mx.__version__}"
 
 
-def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out: str | None = None, on_message=print) -> dict:
-    """Run one benchmark, print a table, optionally save JSON."""
-    if what == "sft":
+def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out: str | None = None, on_message=print,
+              work: str | None = None) -> dict:
+    """Run one benchmark, print a table, optionally save JSON (`work`: forgetting's folder)."""
+    if what == "forgetting":  # LoRA vs full fine-tuning: task score and retain perplexity (smolmac/forgetting.py)
+        from smolmac.forgetting import bench_forgetting
+
+        res = bench_forgetting(steps=steps, work=work, on_message=on_message)
+    elif what == "sft":
         res = bench_sft(size, steps, batch_size, on_message)
         on_message(f"{'system':10} {'tok/s':>10} {'run peak GB':>12} {'step peak GB':>13}")
         for name in ("mlx_lm", "smolmac"):
