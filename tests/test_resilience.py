@@ -357,7 +357,8 @@ def test_the_token_cache_is_validated_and_rebuilt(tiny_tokenizer, tmp_path):
             (cache / "meta.json").write_text('{"key": ')
         train, valid, again = token_cache(cfg, tok, tmp_path)
         assert np.array_equal(np.array(train), good) and again["train_tokens"] == meta["train_tokens"], damage
-    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "train.bin", "valid.bin"]
+    # nothing but the cache (valid.jsonl: the validation text kept for eval.retain), no temp files
+    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "train.bin", "valid.bin", "valid.jsonl"]
 
 
 def test_readers_drop_the_steps_a_resume_redid(tmp_path):
