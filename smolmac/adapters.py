@@ -270,6 +270,31 @@ def adapter_dir(path: str | Path) -> Path:
     return path
 
 
+def pick_weights(path: str | Path | None, pick: str = "last") -> Path | None:
+    """The weights `--pick` names in a run dir: "last" is the path itself (its adapter/ or
+    model/), "best" its adapter-best/ or model-best/ (the best evaluation's, kept by save.best)."""
+    if pick not in ("last", "best"):
+        raise UserError(f"--pick: '{pick}' is not a choice; use last or best.")
+    if pick == "last":
+        return None if path is None else Path(path)
+    if path is None:
+        raise UserError("--pick best: give the run dir whose best weights to load (--adapter RUN_DIR).")
+    path = Path(path)
+    for folder, marker in (("model-best", "config.json"), ("adapter-best", "adapter_config.json")):
+        if (path / folder / marker).is_file():
+            return path / folder
+    raise UserError(f"--pick best: {path} is not a run dir with adapter-best/ or model-best/; set save.best (e.g. val_loss) in its recipe, or use --pick last.")
+
+
+def full_weights(path: str | Path) -> Path | None:
+    """The model folder of a full fine-tune given by its run dir (model/) or its model-best/,
+    else None (an adapter)."""
+    path = Path(path)
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path if path.name == "model-best" and (path / "config.json").is_file() else None
+
+
 def read_adapter(path: str | Path) -> Adapter:
     """A run dir, an mlx-lm adapter dir or a PEFT adapter dir as an Adapter."""
     path = adapter_dir(path)

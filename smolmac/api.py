@@ -13,25 +13,48 @@ from __future__ import annotations
 from pathlib import Path
 
 from smolmac.config import Config, load_recipe
+from smolmac.errors import UserError
 from smolmac.runs import Run, default_run_dir, read_config, run_training
 
 __all__ = ["train", "run", "load", "export", "upload", "combine", "runs", "read_run", "bench", "evaluate"]
 __all__ += ["recipes", "inspect"]
 
 
-def run(cfg: Config, run_dir: str | Path, resume: bool = False, on_event=None, stop=None,
+def _nested(overrides) -> dict | None:
+    from smolmac.config import nest, parse_override
+
+    if not overrides:
+        return None
+    if isinstance(overrides, (list, tuple)):
+        return nest(dict(parse_override(o) for o in overrides))
+    return dict(overrides)
+
+
+def run(cfg: Config | None, run_dir: str | Path, resume: bool = False, on_event=None, stop=None, overrides=None,
         nproc: int | None = None, hostfile: str | None = None, backend: str | None = None) -> Run:
     """Train a resolved recipe in `run_dir`: a pipeline when it has `stages:`, else one run;
-    data-parallel over `nproc` local processes or the hosts of `hostfile` (smolmac/hosts.py)."""
+    data-parallel over `nproc` local processes or the hosts of `hostfile` (smolmac/hosts.py).
+
+    Args:
+        cfg: the recipe; on resume the run dir's saved recipe is used (cfg may be None).
+        overrides: on resume, keys to change (`{"train": {"lr": 1e-4}}` or ["train.lr=1e-4"]);
+            only the safe ones (runs.SAFE_ON_RESUME) are accepted, the others are refused by name.
+    """
+    overrides = _nested(overrides)
+    if resume:
+        cfg = read_config(run_dir)
+    elif overrides:
+        cfg = load_recipe(cfg, overrides)
+    changes = overrides if resume else None
     if (nproc is not None and nproc != 1) or hostfile:  # --nproc 1 is an ordinary run
         from smolmac.hosts import train_group
 
-        return train_group(cfg, Path(run_dir), resume, nproc=nproc, hostfile=hostfile, backend=backend, on_event=on_event, stop=stop)
+        return train_group(cfg, Path(run_dir), resume, nproc=nproc, hostfile=hostfile, backend=backend, on_event=on_event, stop=stop, overrides=changes)
     if cfg.stages:
         from smolmac.pipeline import run_pipeline
 
-        return run_pipeline(cfg, Path(run_dir), resume=resume, on_event=on_event, stop=stop)
-    return run_training(cfg, Path(run_dir), resume=resume, on_event=on_event, stop=stop)
+        return run_pipeline(cfg, Path(run_dir), resume=resume, on_event=on_event, stop=stop, overrides=changes)
+    return run_training(cfg, Path(run_dir), resume=resume, on_event=on_event, stop=stop, overrides=changes)
 
 
 def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, on_event=None, stop=None,
@@ -40,21 +63,25 @@ def train(recipe=None, run_dir: str | Path | None = None, resume: bool = False, 
     recipe keys.
 
     Args:
-        recipe: YAML path, dict or Config.
+        recipe: YAML path, dict or Config (ignored on resume: the run's saved recipe is used).
         run_dir: output directory (default runs/<name>-<timestamp>).
-        resume: continue from the last checkpoint in run_dir.
+        resume: continue from the last checkpoint in run_dir (from step 0 when it has none).
         on_event: callback receiving each event dict.
         stop: threading.Event; when set, the run checkpoints and stops.
         nproc: train data-parallel in this many local processes (mlx.launch, ring backend), or
         hostfile: across the hosts of this mlx.launch hostfile, with `backend` (ring, jaccl, mpi).
-        **overrides: e.g. `train={"lr": 1e-4}`, `model="path"`, `method="sft"`.
+        **overrides: e.g. `train={"lr": 1e-4}`, `model="path"`, `method="sft"`. On resume only
+            train.lr, train.steps/epochs, eval.every/batches, save.every/keep, train.report_every
+            and train.early_stopping may change (recorded as a `config` event).
     """
-    if resume and run_dir is not None and recipe is None:
-        cfg = read_config(run_dir)
-    else:
-        cfg = load_recipe(recipe, overrides or None)
+    if resume:
+        if run_dir is None:
+            raise UserError("resume: give the run directory, e.g. smolmac.train(run_dir='runs/my-run', resume=True).")
+        return run(None, run_dir, resume=True, on_event=on_event, stop=stop, overrides=overrides or None,
+                   nproc=nproc, hostfile=hostfile, backend=backend)
+    cfg = load_recipe(recipe, overrides or None)
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    return run(cfg, run_dir, resume=resume, on_event=on_event, stop=stop, nproc=nproc, hostfile=hostfile, backend=backend)
+    return run(cfg, run_dir, on_event=on_event, stop=stop, nproc=nproc, hostfile=hostfile, backend=backend)
 
 
 def load(base: str | None = None, adapters=None, dtype: str = "auto"):
@@ -73,7 +100,7 @@ def load(base: str | None = None, adapters=None, dtype: str = "auto"):
 
 
 def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None, overwrite: bool = False, on_message=None,
-           quantize: str | None = None, group_size: int | None = None, with_base: bool = False) -> Path:
+           quantize: str | None = None, group_size: int | None = None, with_base: bool = False, pick: str = "last") -> Path:
     """`smolmac export`: write a run, an adapter dir, or the active adapter of a loaded model
     (`smolmac.load(...).use(name)`, e.g. a combined one) in one of smolmac.export.EXPORTERS' formats.
 
@@ -83,9 +110,10 @@ def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None
         to: output directory (a .gguf file for gguf and gguf-lora), written under a temporary
             name and renamed into place.
         dtype: float32, float16 or bfloat16 (GGUF: f32, f16, bf16, q8_0; default: as trained).
-        overwrite: replace an existing `to`.
+        overwrite: replace an earlier export at `to` (a folder smolmac wrote, holding nothing else).
         on_message: receives progress sentences (e.g. print).
         quantize, group_size, with_base: as `smolmac export --quantize/--group-size/--with-base`.
+        pick: a run's "last" weights or its "best" evaluation's (save.best: adapter-best/, model-best/).
     """
     from smolmac.errors import UserError
     from smolmac.export import export_run, write_export
@@ -96,7 +124,7 @@ def export(run_or_model, format: str = "peft", to=None, dtype: str | None = None
         raise UserError("export: give the output path, e.g. to='out/my-peft'.")
     options = {"quantize": quantize, "group_size": group_size, "with_base": with_base}
     if not isinstance(run_or_model, LoadedModel):
-        return export_run(run_or_model, format, to, dtype=dtype, overwrite=overwrite, on_message=on_message, **options)
+        return export_run(run_or_model, format, to, dtype=dtype, overwrite=overwrite, on_message=on_message, pick=pick, **options)
     handle = run_or_model
     if handle.active is None:
         raise UserError("export: the loaded model has no active adapter; call .use(NAME) first (export a base model by its folder).")
@@ -135,7 +163,7 @@ def combine(adapters, weights, method: str = "svd", rank: int | None = None, to=
         rank: the rank of an svd combination (default: the largest rank).
         to: output directory.
         format: "peft" or "mlx".
-        overwrite: replace a non-empty `to`.
+        overwrite: replace an earlier export or combination at `to` (nothing else is deleted).
         on_message: receives progress sentences (e.g. print).
     """
     import os
@@ -185,13 +213,14 @@ def read_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: no config.yaml; it is not a run directory.")
-    events = ev.read_events(run_dir / "events.jsonl")
+    events = ev.current(ev.read_events(run_dir / "events.jsonl"))  # steps a resume redid count once
     done = next((e for e in reversed(events) if e["type"] == "done"), None)
     adapter, model = run_dir / "adapter", run_dir / "model"
+    best = next((d for d in (run_dir / "adapter-best", run_dir / "model-best") if d.is_dir()), None)
     return Run(dir=run_dir, config=read_config(run_dir), events=events,
                adapter_path=adapter if (adapter / "adapter_config.json").is_file() else None,
                model_path=model if (model / "config.json").is_file() else None,
-               stopped=bool(done and done.get("stopped")))
+               stopped=bool(done and done.get("stopped")), early_stopped=(done or {}).get("reason"), best_path=best)
 
 
 def evaluate(base: str | None = None, adapters=None, tasks=None, limit=None, include_path=None, batch_size: int = 8,

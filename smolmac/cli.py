@@ -18,7 +18,8 @@
     smolmac recipes                          # the recipes `smolmac train NAME` finds
     smolmac inspect MODEL_OR_RUN [--tokens TEXT] [--neighbours TOKEN] [--json]
 
-Every user error ends in one sentence on stderr and exit code 2.
+Exit codes: 0 done; 2 a user error (one sentence on stderr); 3 `train` stopped by Ctrl-C,
+SIGTERM or SIGHUP after saving a checkpoint (continue with --resume); 130 a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import threading
 from pathlib import Path
 
 from smolmac.errors import UserError
+
+EXIT_STOPPED = 3  # train stopped on a signal after checkpointing: resume it with --resume
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="Train from a recipe (sft, pretrain, dpo, orpo, pipelines).", description="Train from a YAML recipe; see recipes/ and `--help-keys` for every key.")
     t.add_argument("recipe", nargs="?", help="Recipe YAML, or the name of one (`smolmac recipes`); not needed with --resume DIR.")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable).")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable); with --resume only train.lr, train.steps, train.epochs, train.report_every, train.early_stopping, eval.every, eval.batches, save.every, save.keep and report_to.")
     t.add_argument("--run-dir", help="Run directory (default runs/<recipe>-<timestamp>).")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR", help="Continue the run in DIR (or --run-dir) from its last checkpoint.")
     out = t.add_mutually_exclusive_group()
@@ -76,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="Stream a completion from a model (optionally with adapters).", description="Load a base model once with any number of named adapters and stream a completion with one of them (or the base).")
     g.add_argument("--model", required=True, help="Hub id or local model directory.")
     g.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR", help="A run dir, an mlx-lm adapter dir or a PEFT adapter dir, optionally named (math=runs/a); repeat to load several on the one base.")
+    g.add_argument("--pick", choices=["last", "best"], default="last", help="With run dirs: their last weights (default) or their best evaluation's (save.best).")
     g.add_argument("--use", metavar="NAME", help="Which adapter answers ('none' for the base); needed when several are loaded.")
     g.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
     g.add_argument("--prompt", required=True, help="The user prompt (chat-templated when the tokenizer has a template).")
@@ -94,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quantize", metavar="TYPE", help="gguf, ollama: a GGUF type the gguf package can write (q4_0, q4_1, q5_0, q5_1, q8_0); k-quants need llama.cpp's llama-quantize.")
     e.add_argument("--group-size", type=int, metavar="N", help="mlx-q4, mlx-q8: quantisation group size, 32, 64 (default) or 128.")
     e.add_argument("--with-base", action="store_true", help="peft: for a quantised base whose original is unknown, also write the dequantised base (DIR/base) for PEFT to load.")
-    e.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
+    e.add_argument("--overwrite", action="store_true", help="Replace an earlier export at OUT (only a folder `smolmac export` wrote and holding nothing else, or a .gguf file).")
+    e.add_argument("--pick", choices=["last", "best"], default="last", help="The run's last weights (default) or the best evaluation's (save.best: adapter-best/, model-best/).")
 
     u = sub.add_parser("upload", help="Upload an export to the Hugging Face Hub.")
     u.add_argument("dir", help="An export directory (from `smolmac export`).")
@@ -137,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=int, help="Rank of an svd combination (default: the largest rank).")
     c.add_argument("--to", required=True, help="Output directory (nothing is written there on error).")
     c.add_argument("--format", default="peft", choices=["peft", "mlx"], help="peft (default) or mlx (mlx_lm --adapter-path).")
-    c.add_argument("--overwrite", action="store_true", help="Replace a non-empty output directory.")
+    c.add_argument("--overwrite", action="store_true", help="Replace an earlier export or combination at OUT (only a folder smolmac wrote, holding nothing else).")
 
     r = sub.add_parser("runs", help="List runs with status, method, model, step and loss.")
     r.add_argument("dir", nargs="?", default=None, help="Runs folder (default runs/).")
@@ -171,7 +176,7 @@ def _print_keys():
 class ProgressView:
     """Renders events with a rich progress bar (loss, tok/s, memory, ETA)."""
 
-    def __init__(self):
+    def __init__(self, run_dir: str | Path | None = None):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -187,6 +192,7 @@ class ProgressView:
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.task = None
+        self.run_dir = run_dir
         self.retain = [None, None]  # retain ppl at the run's start and at its last eval
 
     def __enter__(self):
@@ -236,13 +242,44 @@ class ProgressView:
             log(f"[bold]{e['stage']}-{e['name']}[/]: {row['learned']}" + (f"; kept: retain ppl {row['kept']}" if row["kept"] else ""))
         elif kind == "stage" and e.get("status") not in ("finished",):
             log(f"[bold]stage {e['stage']}-{e['name']}[/] ({e['method']}): {e['status']}")
+        elif kind == "config":
+            log("resuming with " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in e["changes"].items()), highlight=False)
+        elif kind == "best":
+            log(f"[dim]step {e['step']}: best {e['metric']} {e['value']:.4g} → {e['path']}[/]")
         elif kind == "done":
             if None not in self.retain:  # what the run cost the retain set (eval.retain)
                 from smolmac.evaluation import retain_text
 
                 log(retain_text(*self.retain))
             self.retain = [None, None]
-            log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
+            if e.get("stopped") and "stage" in e:
+                return  # the pipeline says where it stopped
+            if e.get("stopped"):
+                log(f"[yellow]stopped[/] at step {e['step']}; continue with `smolmac train --resume {self.run_dir or Path(e['output']).parent}`", highlight=False)
+            else:
+                why = f" ({e['reason']})" if e.get("reason") else ""
+                best = f"; best {e['best_metric']} {e['best_value']:.4g} at step {e['best_step']} → {e['best_output']}" if e.get("best_output") else ""
+                log(f"[green]done[/]{why} → {e['output']}{best}", highlight=False)
+
+
+def _on_stop_signals(stop: threading.Event):
+    """Ctrl-C, SIGTERM (kill, the app's or a scheduler's stop) and SIGHUP (the terminal closed)
+    all ask the run to checkpoint and stop; a second Ctrl-C interrupts at once."""
+
+    def handler(signum, frame):
+        if signum == signal.SIGHUP:  # the terminal is gone: printing to it would fail
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
 
 
 def _show_json(e):
@@ -291,13 +328,7 @@ def cmd_train(args) -> int:
     from smolmac.config import load_recipe
 
     stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_sigint)
+    _on_stop_signals(stop)
     if distributed.is_worker():
         return _train_process(args, stop)
 
@@ -308,34 +339,33 @@ def cmd_train(args) -> int:
     if not resume and not args.recipe:
         raise UserError("train: give a recipe, e.g. smolmac train recipes/quickstart.yaml.")
     if resume:
-        cfg_path = Path(run_dir) / "config.yaml"
-        if not cfg_path.is_file():
-            raise UserError(f"--resume: {run_dir} has no config.yaml; it is not a run directory.")
-        cfg = load_recipe(cfg_path, args.overrides)
+        cfg = runs.read_config(run_dir)  # the saved recipe; --set keys are checked by api.run
+        run_dir = Path(run_dir)
     else:
         cfg = load_recipe(args.recipe, args.overrides)
-    run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
+        run_dir = Path(run_dir) if run_dir else runs.default_run_dir(cfg)
     if args.backend and not args.hostfile:
         raise UserError("--backend: applies to --hostfile runs (--nproc always uses the ring backend); add --hostfile HOSTS or drop --backend.")
     group = {"nproc": args.nproc, "hostfile": args.hostfile, "backend": args.backend}
+    overrides = args.overrides if resume else None
     if args.json:
-        api.run(cfg, run_dir, resume=resume, on_event=_show_json, stop=stop, **group)
+        result = api.run(cfg, run_dir, resume=resume, on_event=_show_json, stop=stop, overrides=overrides, **group)
     elif args.quiet:
-        api.run(cfg, run_dir, resume=resume, stop=stop, **group)
+        result = api.run(cfg, run_dir, resume=resume, stop=stop, overrides=overrides, **group)
     else:
         from smolmac import _blas
 
-        view = ProgressView()
+        view = ProgressView(run_dir)
         if _blas.status == "absent":
             view.console.print(f"[yellow]{_blas.HINT}[/]")
         view.console.print(f"run dir: {run_dir}")
         with view:
-            api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop, **group)
+            result = api.run(cfg, run_dir, resume=resume, on_event=view, stop=stop, overrides=overrides, **group)
         if cfg.stages:
             from smolmac.pipeline import format_stage_table
 
             view.console.print(format_stage_table(run_dir), highlight=False, soft_wrap=True)
-    return 0
+    return EXIT_STOPPED if result.stopped else 0
 
 
 def _memory_line(info: dict) -> str:
@@ -345,14 +375,17 @@ def _memory_line(info: dict) -> str:
 
 def cmd_generate(args) -> int:
     from smolmac import api
-    from smolmac.adapters import parse_adapter_specs
+    from smolmac.adapters import full_weights, parse_adapter_specs, pick_weights
 
     if not args.prompt.strip():
         raise UserError("--prompt: the prompt is empty; give some text, e.g. --prompt \"Hi\".")
-    model, specs = args.model, args.adapter
-    if len(specs) == 1 and "=" not in specs[0] and (Path(specs[0]) / "model" / "config.json").is_file():
-        model, specs = str(Path(specs[0]) / "model"), []  # a full fine-tune run: its model/ is the model
-    adapters = parse_adapter_specs(specs)
+    model = args.model
+    if not args.adapter:
+        pick_weights(None, args.pick)  # --pick best needs a run dir
+    adapters = {name: str(pick_weights(path, args.pick)) for name, path in parse_adapter_specs(args.adapter).items()}
+    full = full_weights(next(iter(adapters.values()))) if len(adapters) == 1 and "=" not in args.adapter[0] else None
+    if full is not None:  # a full fine-tune run: its model/ (or model-best/) is the model
+        model, adapters = str(full), {}
     use = args.use
     if use is None and len(adapters) > 1:
         raise UserError(f"--use: {len(adapters)} adapters are loaded ({', '.join(adapters)}); choose the one that answers with --use NAME (or --use none for the base).")
@@ -377,7 +410,7 @@ def cmd_export(args) -> int:
     from smolmac import api
 
     out = api.export(args.run_dir, args.format, args.to, dtype=args.dtype, overwrite=args.overwrite, on_message=print,
-                     quantize=args.quantize, group_size=args.group_size, with_base=args.with_base)
+                     quantize=args.quantize, group_size=args.group_size, with_base=args.with_base, pick=args.pick)
     print(f"exported {args.format} → {out}")
     return 0
 
@@ -501,9 +534,14 @@ def main(argv=None) -> int:
     except MemoryError:
         print("error: not enough memory for this run; lower train.batch_size or train.max_seq_len, set train.grad_checkpoint: true, or use a 4-bit (QLoRA) base.", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        if "memory" in str(e).lower() or "malloc" in str(e).lower():
+    except (OSError, RuntimeError) as e:
+        from smolmac.storage import is_write_failure, write_error
+
+        if isinstance(e, RuntimeError) and ("memory" in str(e).lower() or "malloc" in str(e).lower()):
             print("error: not enough memory for this run; lower train.batch_size or train.max_seq_len, set train.grad_checkpoint: true, or use a 4-bit (QLoRA) base.", file=sys.stderr)
+            return 2
+        if is_write_failure(e):  # a write no module wrapped: still one sentence (a full disk, ...)
+            print(f"error: {write_error(getattr(e, 'filename', None) or 'a file being written', e)}", file=sys.stderr)
             return 2
         raise
 

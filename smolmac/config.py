@@ -23,6 +23,7 @@ from smolmac.ranges import (  # noqa: F401  (number, field_problem: re-exported,
     between,
     check_betas,
     check_columns,
+    check_early_stopping,
     check_fraction_or_path,
     check_layers,
     check_not_empty,
@@ -108,6 +109,7 @@ class TrainConfig:
     dtype: str = _f("auto", "Compute dtype for trainable and frozen weights; auto = bfloat16 on a GPU (Metal, CUDA), float32 on the CPU.", ("auto", "float32", "bfloat16", "float16"))
     grad_checkpoint: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     report_every: int = _f(10, "Steps between train events.", range=at_least(1))
+    early_stopping: dict | None = _f(None, "Stop when an eval metric stops improving: {metric: val_loss, patience: 3, min_delta: 0.0, mode: auto}; patience counts evaluations (eval.every); the run then finishes normally.", check=check_early_stopping, valid="{metric, patience >= 1, min_delta >= 0, mode: auto|min|max}")
 
 
 @dataclass
@@ -126,6 +128,8 @@ class EvalConfig:
 class SaveConfig:
     every: int = _f(0, "Steps between checkpoints; 0 = only when stopped and at the end.", range=at_least(0))
     keep: int = _f(2, "Checkpoints kept on disk (oldest are deleted).", range=at_least(1))
+    best: str | None = _f(None, "Eval metric whose best value is kept as adapter-best/ (model-best/ for full weights) beside the last, e.g. val_loss or eval_rewards/accuracies.", check=check_not_empty, valid="an eval metric name, or null")
+    best_mode: str = _f("auto", "Direction of save.best: min, max, or auto (min when the name has 'loss' or 'ppl', else max).", ("auto", "min", "max"))
 
 
 @dataclass
@@ -442,6 +446,8 @@ def validate(cfg: Config, source: str = "recipe", lines: dict | None = None, sta
         raise UserError(f"{where('dpo.label_smoothing')}: '{name}dpo.label_smoothing' applies only to dpo.loss: sigmoid, not {cfg.dpo.loss}; set it to 0.")
     if isinstance(cfg.report_to, str):  # `--set report_to=wandb` means [wandb]
         cfg.report_to = [cfg.report_to]
+    if cfg.train.early_stopping and not cfg.stages and cfg.eval.every <= 0:
+        raise UserError(f"{where('train.early_stopping')}: '{name}train.early_stopping' needs evaluations during the run; set eval.every (e.g. 100).")
 
 
 def check_stages(cfg: Config, source: str = "recipe", lines: dict | None = None):

@@ -7,6 +7,7 @@ them with a progress bar, the TUI as charts, tests assert on them.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,21 +114,100 @@ class Error(Event):
     type = "error"
 
 
+@dataclass
+class ConfigChange(Event):
+    """Recipe keys changed with `--set` on `--resume`: `{key: [old, new]}`."""
+
+    changes: dict
+    type = "config"
+
+
+@dataclass
+class Best(Event):
+    """A new best value of `save.best`'s metric; its weights are in `path` (adapter-best/...)."""
+
+    metric: str
+    value: float
+    path: str
+    type = "best"
+
+
+# Events that belong to a step of training: a resume from step N drops those past N.
+STEP_EVENTS = ("train", "eval", "sample", "checkpoint", "best", "warning")
+
+
+def current(events: list[dict]) -> list[dict]:
+    """The events without the steps that a resume redid: a `start` event with `resumed_from: N`
+    supersedes the earlier train/eval/sample/checkpoint/best events past step N (a run killed at
+    step 12 with a checkpoint at 10 reports 11 and 12 again after resuming)."""
+    out: list[dict] = []
+    for e in events:
+        if e.get("type") == "start" and e.get("resumed_from") is not None:
+            r = e["resumed_from"]
+            out = [x for x in out if not (x.get("type") in STEP_EVENTS and x.get("step", 0) > r)]
+        out.append(e)
+    return out
+
+
+def _repair_tail(fd: int) -> None:
+    """Cut a torn last line (a write interrupted by a kill or a full disk) so the next event
+    starts on a line of its own instead of being glued to half an object."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            os.ftruncate(fd, start + i + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
+
+
 class EventLog:
-    """Appends events to `events.jsonl` (flushed per line) and forwards them to a callback."""
+    """Appends events to `events.jsonl` (one whole line per write) and forwards them to a callback.
+
+    Opening repairs a torn last line; a failed write (a full disk) is cut back to the last whole
+    line and raised as one sentence naming the file.
+    """
 
     def __init__(self, path: str | Path | None, callback=None):
+        from smolmac.storage import writing
+
         self.path = Path(path) if path else None
         self.callback = callback
         self.events: list[dict] = []
-        self._f = self.path.open("a", encoding="utf-8") if self.path else None
+        self._fd = None
+        if self.path:
+            with writing(self.path, then="then resume the run"):
+                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                _repair_tail(self._fd)
+
+    def _write(self, line: str):
+        from smolmac.storage import writing
+
+        data = line.encode("utf-8")
+        size = os.fstat(self._fd).st_size
+        try:
+            with writing(self.path, len(data), then="then resume the run"):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+        except BaseException:
+            try:
+                os.ftruncate(self._fd, size)  # no torn line left behind
+            except OSError:
+                pass
+            raise
 
     def __call__(self, event: Event):
         d = event.to_dict()
         self.events.append(d)
-        if self._f:
-            self._f.write(json.dumps(d, ensure_ascii=False) + "\n")
-            self._f.flush()
+        if self._fd is not None:
+            self._write(json.dumps(d, ensure_ascii=False) + "\n")
         if self.callback:
             self.callback(d)
 
@@ -145,14 +225,18 @@ class EventLog:
                 message = str(exc)
             else:
                 message = f"{exc_type.__name__}: {exc}"
-            self(Error(step=0, message=message))
+            try:
+                self(Error(step=0, message=message))
+            except Exception:  # the log itself cannot be written (a full disk): the CLI still says why
+                if self.callback:
+                    self.callback(Error(step=0, message=message).to_dict())
         self.close()
         return False
 
     def close(self):
-        if self._f:
-            self._f.close()
-            self._f = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_events(path: str | Path) -> list[dict]:
@@ -161,7 +245,7 @@ def read_events(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:

@@ -21,13 +21,23 @@ from smolmac.data import encode_plain, encode_templated, hf_tokenizer
 from smolmac.errors import UserError
 
 
-def load_for_generation(model: str, adapter: str | None = None, dtype: str = "float32"):
+def load_for_generation(model: str, adapter: str | None = None, dtype: str = "float32", pick: str = "last"):
     """(model, tokenizer) with the adapter applied: an mlx-lm adapter dir, a PEFT adapter dir,
-    or a run dir (its adapter/, or its model/ for a full fine-tune)."""
+    or a run dir (its adapter/, or its model/ for a full fine-tune).
+
+    Args:
+        pick: with a run dir, "last" (adapter/, model/) or "best" (adapter-best/, model-best/:
+            the weights of its best evaluation, written by save.best).
+    """
+    from smolmac.adapters import full_weights, pick_weights
     from smolmac.models import load_model
 
-    if adapter and (Path(adapter) / "model" / "config.json").is_file():
-        return load_model(str(Path(adapter) / "model"), dtype)[:2]
+    adapter = pick_weights(adapter, pick)
+    if adapter:
+        adapter = str(adapter)
+        full = full_weights(adapter)
+        if full is not None:  # a full fine-tune: its model/ (or model-best/) is the model
+            return load_model(str(full), dtype)[:2]
     if adapter and not Path(adapter).is_dir():
         what = "is a file" if Path(adapter).exists() else "does not exist"
         raise UserError(f"--adapter: {adapter} {what}; point at a run dir or an adapter folder.")

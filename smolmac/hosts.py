@@ -132,7 +132,7 @@ def plan(cfg, nproc: int | None, hostfile: str | None, backend: str | None) -> t
 
 
 def train_group(cfg, run_dir: Path, resume: bool = False, *, nproc: int | None = None, hostfile: str | None = None,
-                backend: str | None = None, on_event=None, stop=None):
+                backend: str | None = None, on_event=None, stop=None, overrides: dict | None = None):
     """Train `cfg` data-parallel in `run_dir` (see the module docstring); returns the `Run`.
 
     Args:
@@ -140,16 +140,23 @@ def train_group(cfg, run_dir: Path, resume: bool = False, *, nproc: int | None =
         hostfile: an mlx.launch hostfile (one process per entry) with `backend`.
         on_event: receives process 0's events as they come.
         stop: a threading.Event; when set, every process checkpoints and stops.
+        overrides: `--set` keys on resume (runs.SAFE_ON_RESUME), applied and recorded here.
     Raises:
         UserError: with the group's error (the run dir keeps its last checkpoint).
     """
     from smolmac import events as ev
-    from smolmac.runs import Run, open_run_dir
+    from smolmac.runs import Run, last_checkpoint_step, open_run_dir
+    from smolmac.storage import run_lock
     from smolmac.trainer import list_checkpoints
 
     n, launch_args = plan(cfg, nproc, hostfile, backend)
     run_dir = Path(run_dir).resolve()
-    cfg = open_run_dir(cfg, run_dir, resume)
+    # The lock is held while the recipe is written, then process 0 holds it while it trains.
+    with run_lock(run_dir, create=not resume):
+        cfg, changes = open_run_dir(cfg, run_dir, resume, overrides)
+        if changes:
+            with ev.EventLog(run_dir / "events.jsonl") as log:
+                log(ev.ConfigChange(step=last_checkpoint_step(run_dir), changes=changes))
     rank_cmd = [sys.executable, "-m", "smolmac.cli", "train", "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     seen, statuses = _launch([sys.executable, "-c", MLX_LAUNCH, *launch_args, "--", *rank_cmd], on_event, stop)
     last = seen[-1] if seen else None

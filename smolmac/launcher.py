@@ -3,9 +3,10 @@ process status. The app calls this; it never starts or signals processes itself.
 
 A run is `python -m smolmac.cli train RECIPE --run-dir DIR` in its own session, so it survives
 the app closing and a crash or out-of-memory kill cannot take the UI down. What the run writes is
-all there is to read: `DIR/events.jsonl` (smolmac/events.py), `DIR/pid` (written here at launch)
-and `DIR/train.log` (the child's stdout and stderr, whose last line is the error of a run that died
-without reporting one).
+all there is to read: `DIR/events.jsonl` (smolmac/events.py), `DIR/lock` (held by whichever
+process trains the run, from the CLI or from here: smolmac/storage.py), `DIR/pid` (written here at
+launch) and `DIR/train.log` (the child's stdout and stderr, whose last line is the error of a run
+that died without reporting one).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from smolmac.errors import UserError
 from smolmac.runs import read_run
+from smolmac.storage import lock_owner, lock_supported, pid_running
 
 PID_FILE = "pid"
 LOG_FILE = "train.log"
@@ -52,10 +54,12 @@ class Launcher:
 
     def start(self, recipe: str | Path, run_dir: str | Path) -> int:
         """Start `smolmac train RECIPE --run-dir DIR`; returns the child's pid."""
+        _refuse_if_locked(run_dir)
         return self._spawn(Path(run_dir), [str(recipe), "--run-dir", str(run_dir)])
 
     def resume(self, run_dir: str | Path) -> int:
         """Start `smolmac train --resume DIR`; returns the child's pid."""
+        _refuse_if_locked(run_dir)
         if self.alive(run_dir):
             raise UserError(f"{run_dir}: its process is still running (training, or saving its checkpoint after a stop); wait until it has exited, then resume.")
         return self._spawn(Path(run_dir), ["--resume", str(run_dir)])
@@ -66,19 +70,32 @@ class Launcher:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             return True
-        pid = read_pid(run_dir)
-        if pid is not None and pid_alive(pid):
-            os.kill(pid, signal.SIGINT)
-            return True
+        for pid in (read_pid(run_dir), lock_owner(run_dir)):  # launched here, or by `smolmac train`
+            if pid and pid_alive(pid):
+                os.kill(pid, signal.SIGINT)
+                return True
         return False
 
     def alive(self, run_dir: str | Path) -> bool | None:
-        """True/False when the run's process is known (pid file), None when it is not."""
+        """Whether a process trains the run: True when one holds its lock (started from anywhere)
+        or our child / its pid file's process is still starting; False when none does; None only
+        where runs cannot be locked (no fcntl) and no pid file says."""
+        if lock_owner(run_dir) is not None:
+            return True
         proc = self._procs.get(str(Path(run_dir).resolve()))
         if proc is not None:
             return proc.poll() is None  # poll() also reaps our exited child (no zombie)
         pid = read_pid(run_dir)
-        return None if pid is None else pid_alive(pid)
+        if pid is not None:
+            return pid_alive(pid)
+        return False if lock_supported() else None
+
+
+def _refuse_if_locked(run_dir: str | Path):
+    pid = lock_owner(run_dir)
+    if pid is not None:
+        who = f"process {pid}" if pid else "another process"
+        raise UserError(f"{run_dir}: {who} is training this run right now; wait for it to finish or stop it first.")
 
 
 def read_pid(run_dir: str | Path) -> int | None:
@@ -90,12 +107,8 @@ def read_pid(run_dir: str | Path) -> int | None:
 
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live (not zombie) process that looks like a smolmac run."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_running(pid):
         return False
-    except PermissionError:
-        return True
     proc = Path(f"/proc/{pid}")
     if proc.is_dir():  # Linux: also rule out zombies and a pid reused by another program
         try:
@@ -155,9 +168,12 @@ def run_summary(run_dir: str | Path, launcher: Launcher | None = None) -> dict:
     info["name"] = run_dir.name
     alive = launcher.alive(run_dir) if launcher else None
     info["alive"] = bool(alive)
+    info["pid"] = lock_owner(run_dir)
     if "stages" in info:  # copies: the cached summary stays as read from disk
         info["stages"] = [dict(s) for s in info["stages"]]
-    if info["status"] in ("running", "new") and alive is False:
+    if alive and info["status"] in ("stopped", "failed", "finished"):
+        info["status"], info["error"] = "running", None  # resumed (elsewhere too): not reported yet
+    elif info["status"] in ("running", "new") and alive is False:
         info["status"] = "failed"
         info["error"] = last_log_line(run_dir) or CRASHED
         for stage in info.get("stages", []):  # a pipeline: its running stage died with it

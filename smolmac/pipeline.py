@@ -28,7 +28,8 @@ from pathlib import Path
 import yaml
 
 from smolmac import events as ev
-from smolmac.config import Config, apply_mapping, validate
+from smolmac import storage
+from smolmac.config import Config, apply_mapping, flatten, nest, validate
 from smolmac.errors import UserError
 from smolmac.quickstart import resolve as resolve_path
 from smolmac.runs import Run, open_run_dir, read_run, run_training
@@ -270,18 +271,15 @@ def _finished(sub: Path) -> dict | None:
 
 
 def _prepare_resume(sub: Path) -> bool:
-    """Resume a stage from its checkpoint; a stage that failed before any is started afresh
-    (its log kept as events.failed-N.jsonl; caches such as tokens/ and init/ are reused)."""
-    from smolmac.trainer import list_checkpoints
+    """Whether to resume a stage: yes once it has a config (runs.run_training then continues
+    from its last checkpoint, or from step 0 with its saved recipe when it has none, like
+    `smolmac train --resume` on any run); caches such as tokens/ and init/ are reused."""
+    return (sub / "config.yaml").is_file()
 
-    if list_checkpoints(sub / "checkpoints"):
-        return True
-    log = sub / "events.jsonl"
-    if log.exists():
-        n = len(list(sub.glob("events.failed-*.jsonl"))) + 1
-        log.rename(sub / f"events.failed-{n}.jsonl")
-    (sub / "config.yaml").unlink(missing_ok=True)
-    return False
+
+def stage_name(stage: dict, index: int, method: str) -> str:
+    """The stage's folder name (`<i>-<name>`): one plain path component."""
+    return storage.component(stage.get("name") or method, f"stages[{index}].name", "the pipeline's run dir")
 
 
 def fuse_stage(sub: Path) -> Path:
@@ -303,32 +301,42 @@ def _round(x):
     return round(x, 4) if isinstance(x, float) else x
 
 
-def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop=None):
+def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop=None, overrides: dict | None = None):
     """Run `cfg.stages` in order in sub-run dirs of `run_dir` (see module docstring).
 
     Args:
         resume: skip finished stages, continue the unfinished one from its checkpoint.
+        overrides: on resume, `--set` keys (runs.SAFE_ON_RESUME only): they change the shared
+            keys, so the unfinished stage and the later ones get them unless a stage sets its own.
         on_event: receives the pipeline's events and every stage's events, the latter with
             `stage` (1-based index) and `stage_name` added.
         stop: a threading.Event; the running stage checkpoints and the pipeline stops.
     """
     run_dir = Path(run_dir)
-    cfg = open_run_dir(cfg, run_dir, resume)
+    with storage.run_lock(run_dir, create=not resume):
+        storage.remove_leftovers(run_dir)
+        cfg, changes = open_run_dir(cfg, run_dir, resume, overrides)
+        return _run_stages(cfg, run_dir, resume, on_event, stop, overrides, changes)
+
+
+def _run_stages(cfg: Config, run_dir: Path, resume: bool, on_event, stop, overrides, changes) -> Run:
     previous = ev.read_events(run_dir / "events.jsonl")
     known = {(e["stage"], e["name"]): e for e in previous if e["type"] == "metrics"}
     base = cfg.to_dict()
     with ev.EventLog(run_dir / "events.jsonl", on_event) as log:  # failures become error events
         tic = time.perf_counter()
+        if changes:
+            log(ev.ConfigChange(step=0, changes=changes))
         log(ev.Start(step=0, total_steps=len(cfg.stages), method="pipeline", model=json.dumps(cfg.model) if isinstance(cfg.model, dict) else str(cfg.model),
                      trainable_params=0, total_params=0, train_rows=0, valid_rows=0, resumed_from=0 if resume else None,
                      extra={"stages": [s.get("name") or s.get("method") if isinstance(s, dict) else None for s in cfg.stages]}))
         for i, stage in enumerate(cfg.stages, 1):  # every stage's keys checked before anything trains
-            stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None)
+            stage_name(stage, i, stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None).method)
         model, tokenizer_path, adapter, cache, retain = cfg.model, None, None, {}, None
         run = Run(run_dir, cfg)
         for i, stage in enumerate(cfg.stages, 1):
             scfg = stage_config(base, stage, i, model, tokenizer_path, retain)
-            name = stage.get("name") or scfg.method
+            name = stage_name(stage, i, scfg.method)
             sub = run_dir / f"{i}-{name}"
             done = _finished(sub)
             if done is None:
@@ -342,8 +350,11 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
                     if on_event:
                         on_event({**e, "stage": i, "stage_name": name})
 
-                resume_stage = sub.exists() and _prepare_resume(sub)
-                result = run_training(scfg, sub, resume=resume_stage, on_event=forward, stop=stop)
+                resume_stage = resume and _prepare_resume(sub)
+                own = flatten(stage)  # a stage's own keys win over the shared ones --set changed
+                stage_set = {k: v for k, v in flatten(overrides or {}).items() if k not in own}
+                result = run_training(scfg, sub, resume=resume_stage, on_event=forward, stop=stop,
+                                      overrides=nest(stage_set) if resume_stage and stage_set else None)
                 if result.stopped:
                     return _stopped(run, log, i, name, scfg, sub, tic)
                 elapsed = round(time.perf_counter() - t0, 2)
@@ -412,7 +423,7 @@ def _combine(scfg: Config, sub: Path, before: dict, after: dict) -> dict:
     for sft/dpo/orpo the retain perplexity before -> after (the "kept" column)."""
     from smolmac.evaluation import retain_change
 
-    events = ev.read_events(sub / "events.jsonl")
+    events = ev.current(ev.read_events(sub / "events.jsonl"))
     done = events[-1] if events else {}
     if scfg.method == "tokenizer":
         return {"vocab_size": done.get("vocab_size"), "chars_per_token": done.get("chars_per_token")}

@@ -118,6 +118,29 @@ def check_prompts(value):
     return None if bad is None else f"must be a list of strings, but holds {bad!r}"
 
 
+EARLY_STOPPING_KEYS = {"metric": "val_loss", "patience": None, "min_delta": 0.0, "mode": "auto"}
+
+
+def check_early_stopping(value: dict):
+    """train.early_stopping: known keys, patience >= 1 evaluations, min_delta >= 0, a direction."""
+    if not value:
+        return "must be a mapping like {metric: val_loss, patience: 3}, or null"
+    bad = next((k for k in value if k not in EARLY_STOPPING_KEYS), None)
+    if bad is not None:
+        return f"has an unknown key '{bad}'{did_you_mean(str(bad), EARLY_STOPPING_KEYS)}; use metric, patience, min_delta and mode"
+    full = {**EARLY_STOPPING_KEYS, **value}
+    patience, metric, delta = full["patience"], full["metric"], full["min_delta"]
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        return f"needs patience: a whole number of evaluations >= 1, not {patience!r}"
+    if not isinstance(metric, str) or not metric.strip():
+        return f"needs metric: an eval metric such as val_loss, not {metric!r}"
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
+        return f"needs min_delta: a number >= 0, not {delta!r}"
+    if full["mode"] not in ("auto", "min", "max"):
+        return f"needs mode: auto, min or max, not {full['mode']!r}"
+    return None
+
+
 def check_not_empty(value):
     return "is empty" if isinstance(value, str) and not value.strip() else None
 

@@ -4,6 +4,11 @@
     DIR/events.jsonl     one JSON event per line (see smolmac/events.py)
     DIR/checkpoints/     step-NNNNNNN/ with full training state (atomic)
     DIR/adapter/         LoRA/DoRA in mlx-lm's layout   (or DIR/model/ for full fine-tuning)
+    DIR/adapter-best/    with save.best: the weights of the best evaluation (or DIR/model-best/)
+    DIR/lock             held (flock) by the process training the run; it holds that PID
+
+A run dir is trained by one process at a time (smolmac/storage.py `run_lock`); outputs are
+written to temporary names and renamed into place.
 
 One stage only: pipelines (smolmac/pipeline.py) run each of their stages through
 `run_training`, and `smolmac.api.train` chooses between the two.
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from smolmac import events as ev
-from smolmac import trackers
-from smolmac.config import Config, load_recipe
+from smolmac import storage, trackers
+from smolmac.config import Config, load_recipe, recipe_diff
 from smolmac.errors import UserError
 
 
@@ -36,6 +42,8 @@ class Run:
     adapter_path: Path | None = None
     model_path: Path | None = None
     stopped: bool = False
+    early_stopped: str | None = None  # why early stopping ended it (a finished run)
+    best_path: Path | None = None  # adapter-best/ or model-best/ (save.best)
 
     def last(self, type_: str) -> dict | None:
         return next((e for e in reversed(self.events) if e["type"] == type_), None)
@@ -49,37 +57,82 @@ def read_config(run_dir: str | Path, overrides=None) -> Config:
     return load_recipe(yaml.safe_load(path.read_text()), overrides)
 
 
-def default_run_dir(cfg: Config) -> Path:
-    base = Path("runs") / f"{cfg.name or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    """`runs/<name>-<timestamp>`, created here (mkdir is atomic: two runs started in the same
+    second get two folders). The name must be one plain folder name."""
+    name = storage.component(cfg.name or cfg.method, "name", f"{root}/")
+    base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    while True:
+        try:
+            with storage.writing(path):
+                path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
 
 
-def open_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Config:
-    """Create or reopen a run dir (one run or a pipeline) and return the recipe to run.
+# Keys `--set` may change on `--resume`: they change how long and how often, not what the
+# checkpoints hold (model, data, method, adapter shape, optimizer).
+SAFE_ON_RESUME = ("train.lr", "train.steps", "train.epochs", "train.report_every", "train.early_stopping",
+                  "eval.every", "eval.batches", "save.every", "save.keep", "report_to")
 
-    Resuming uses the saved recipe. Starting in a dir that holds another recipe, or this recipe
-    with progress already made, is refused: nothing a run wrote is ever overwritten.
+
+def has_progress(run_dir: Path) -> bool:
+    """Whether a run dir holds anything training produced: a checkpoint, an output, or a
+    pipeline stage with one. A dir with only a config (and maybe a failed attempt's events) has none."""
+    from smolmac.trainer import list_checkpoints
+
+    if list_checkpoints(run_dir / "checkpoints"):
+        return True
+    if any((run_dir / d).is_dir() for d in ("adapter", "model", "adapter-best", "model-best")):
+        return True
+    if (run_dir / "tokenizer" / "tokenizer.json").is_file():
+        return True
+    return any(p.is_dir() and p.name.split("-")[0].isdigit() and has_progress(p) for p in run_dir.iterdir()) if run_dir.is_dir() else False
+
+
+def open_run_dir(cfg: Config, run_dir: Path, resume: bool, overrides: dict | None = None) -> tuple[Config, dict]:
+    """Create or reopen a run dir (one run or a pipeline); returns (recipe to run, changes).
+
+    Resuming uses the saved recipe, with `overrides` (`--set`) applied when every changed key is
+    in SAFE_ON_RESUME; `changes` is `{key: [old, new]}`. Starting in a dir whose training made
+    progress, or another recipe's events, is refused (nothing a run wrote is ever overwritten);
+    a dir with no progress (a run that failed or was stopped before its first checkpoint, or only
+    a config) can be started again.
+    Call with the run's lock held.
     """
     saved = run_dir / "config.yaml"
-    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise UserError(f"--run-dir: {blocker} is a file, so {run_dir} cannot be a run directory; choose another --run-dir.")
+    then = f"then run the command again for {run_dir}"
     if resume:
-        return read_config(run_dir)
+        old = read_config(run_dir)
+        if not overrides:
+            return old, {}
+        new = load_recipe(old, overrides)
+        changes = dict(recipe_diff([old.to_dict(), new.to_dict()]))  # {key: [old, new]}
+        for key, (was, _) in changes.items():
+            if key not in SAFE_ON_RESUME:
+                raise UserError(f"--set {key}: cannot be changed when resuming (this run was trained with {was!r}); only {', '.join(SAFE_ON_RESUME)} can, so start a new run (another --run-dir) to change it.")
+        if changes:
+            storage.atomic_write_text(saved, new.to_yaml(), then)
+        return new, changes
     cfg = resolve_auto(cfg)
-    if saved.is_file():
-        same = yaml.safe_load(saved.read_text()) == cfg.to_dict()
-        if not same or (run_dir / "events.jsonl").exists():
-            raise UserError(f"--run-dir: {run_dir} already holds {'a different' if not same else 'this'} run; pass --resume to continue it or choose another --run-dir.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(cfg.to_yaml())
-    tmp.replace(saved)
-    return cfg
+    same = not saved.is_file() or _read_yaml(saved) == cfg.to_dict()
+    # events.jsonl is a run's record: another recipe's attempts are never mixed into it
+    if saved.is_file() and (has_progress(run_dir) or (not same and (run_dir / "events.jsonl").exists())):
+        raise UserError(f"--run-dir: {run_dir} already holds {'a different' if not same else 'this'} run; pass --resume to continue it or choose another --run-dir.")
+    with storage.writing(run_dir, then=then):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    storage.atomic_write_text(saved, cfg.to_yaml(), then)
+    return cfg, {}
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):  # a torn config.yaml is not this recipe
+        return None
 
 
 def resolve_auto(cfg: Config) -> Config:
@@ -155,34 +208,89 @@ def _per_process(cfg: Config, size: int) -> Config:
     return one
 
 
-def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None) -> Run:
-    """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout."""
+def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None, stop: threading.Event | None = None,
+                 overrides: dict | None = None) -> Run:
+    """Train one stage described by `cfg` in `run_dir`. See module docstring for the layout.
+
+    Args:
+        resume: continue from the last checkpoint (from step 0 with the saved recipe when there
+            is none yet).
+        overrides: `--set` keys applied on resume (only SAFE_ON_RESUME ones; recorded as a
+            `config` event).
+    """
     from smolmac.methods import method
 
     run_dir = Path(run_dir)
     m = method(cfg.method)
-    if not m.trains and resume and m.load().finished(run_dir):
-        return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))  # nothing to redo
+    if not m.trains and resume and m.load().finished(run_dir) and not overrides:
+        return Run(run_dir, cfg, ev.current(ev.read_events(run_dir / "events.jsonl")))  # nothing to redo
     trackers.require(cfg.report_to)  # a missing tracker package fails before anything is written
-    cfg = open_run_dir(cfg, run_dir, resume)
-    # report_to of the recipe the run uses (the saved one on resume); in a data-parallel group
-    # only process 0 reports (the others' run dir is a scratch dir)
-    from smolmac.distributed import current
+    with storage.run_lock(run_dir, create=not resume):
+        # Whatever an interrupted write left is stale now that this process holds the lock.
+        storage.remove_leftovers(run_dir, run_dir / "checkpoints", run_dir / "tokens")
+        cfg, changes = open_run_dir(cfg, run_dir, resume, overrides)
+        log_path = run_dir / "events.jsonl"
+        again = log_path.is_file() and log_path.stat().st_size > 0  # an earlier attempt reported
+        # report_to of the recipe the run uses (the saved one on resume); in a data-parallel group
+        # only process 0 reports (the others' run dir is a scratch dir)
+        from smolmac.distributed import current
 
-    mirror = trackers.mirror(cfg, run_dir) if current().main else None
+        mirror = trackers.mirror(cfg, run_dir) if current().main else None
+        try:
+            # events.jsonl first, then the caller's callback, then the trackers (report_to)
+            with ev.EventLog(log_path, trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
+                if changes:
+                    log(ev.ConfigChange(step=last_checkpoint_step(run_dir), changes=changes))
+                if not m.trains:
+                    m.load().train_stage(cfg, run_dir, log)
+                    return Run(run_dir, cfg, ev.current(ev.read_events(log_path)))
+                return _run(cfg, run_dir, resume, log, stop, again)
+        finally:
+            if mirror is not None:
+                mirror.close()
+
+
+def last_checkpoint_step(run_dir: Path) -> int:
+    from smolmac.trainer import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    return int(ckpts[-1].name.split("-")[1]) if ckpts else 0
+
+
+def write_output(path: Path, write, need: int, run_dir: Path) -> Path:
+    """Write an output folder (adapter/, model/, adapter-best/...) under a temporary name with
+    `write(tmp)`, then swap it into place: a kill or a full disk never leaves half of one."""
+    tmp = storage.tmp_name(path)
     try:
-        # events.jsonl first, then the caller's callback, then the trackers (report_to)
-        with ev.EventLog(run_dir / "events.jsonl", trackers.compose(on_event, mirror)) as log:  # a failure becomes an error event
-            if not m.trains:
-                m.load().train_stage(cfg, run_dir, log)
-                return Run(run_dir, cfg, ev.read_events(run_dir / "events.jsonl"))
-            return _run(cfg, run_dir, resume, log, stop)
+        with storage.writing(path, need, f"then finish it with `smolmac train --resume {run_dir}`"):
+            write(tmp)
+            storage.swap_dir(tmp, path)
     finally:
-        if mirror is not None:
-            mirror.close()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
-def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
+def _watches(cfg: Config, task):
+    """The trainer's Watch for save.best and for train.early_stopping (None when off)."""
+    from smolmac.ranges import EARLY_STOPPING_KEYS
+    from smolmac.trainer import Watch, watch_mode
+
+    keep = Watch(cfg.save.best, watch_mode(cfg.save.best, cfg.save.best_mode)) if cfg.save.best else None
+    es = {**EARLY_STOPPING_KEYS, **cfg.train.early_stopping} if cfg.train.early_stopping else None
+    stop = Watch(es["metric"], watch_mode(es["metric"], es["mode"]), float(es["min_delta"]), int(es["patience"])) if es else None
+    for key, w in (("save.best", keep), ("train.early_stopping", stop)):
+        if w is not None and task.valid is None:
+            raise UserError(f"{key}: {w.metric} is measured on validation data and this run has none; set data.valid (a file, or a fraction such as 0.05).")
+    return keep, stop
+
+
+LM_METHODS = ("sft", "pretrain", "orpo")  # losses that start near ln(vocab)
+
+
+def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = False) -> Run:
+    from mlx.utils import tree_flatten
+
     from smolmac import distributed
     from smolmac import lora as lora_mod
     from smolmac.evaluation import evaluator, first_retain, retain_batches, retain_metrics
@@ -206,7 +314,8 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     from mlx_lm.utils import maybe_set_recommended_wired_limit
 
     maybe_set_recommended_wired_limit()  # Metal only; returns at once on CPU/CUDA
-    model_ref = materialize_model(cfg, run_dir)
+    with storage.writing(run_dir, then=f"then resume with `smolmac train --resume {run_dir}`"):
+        model_ref = materialize_model(cfg, run_dir)  # a new model's tokenizer and init/ are written here
     model, tokenizer, model_config, model_path = load_model(model_ref, t.dtype, cfg.trust_remote_code)
     full = cfg.full or method(cfg.method).full
     if full:
@@ -217,6 +326,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     else:
         adapter_config = lora_mod.apply_lora(model, cfg.lora, seed=t.seed)
     task = build_task(cfg, model, tokenizer, run_dir)
+    keep_best, early = _watches(cfg, task)
 
     memory = _memory_plan(_per_process(cfg, group.size), model_config, getattr(task.train, "longest", t.max_seq_len))
     if t.grad_checkpoint or memory.get("auto_checkpoint"):
@@ -232,15 +342,17 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     checkpoints = list_checkpoints(run_dir / "checkpoints") if resume else []
     if checkpoints:
         start = load_checkpoint(checkpoints[-1], model, optimizer)
-    elif resume:  # stopped or failed before its first checkpoint: its saved recipe from step 0
+    elif resume or again:  # stopped or failed before its first checkpoint: its recipe from step 0
         task.notes = {**(task.notes or {}), "resume": "no checkpoint yet: started again from step 0"}
     if group.size > 1:  # every process starts from process 0's weights (and checkpoint), same data
-        shared = group.share_state(model, optimizer, start.__dict__ if start else None)
+        shared = group.share_state(model, optimizer, start.state() if start else None)
         start = Position(**shared) if shared else None
         group.check_same(model, task.train, model_config)
         task.notes = {**(task.notes or {}), "world_size": group.size, "hosts": group.hosts,
                       "gradient_bytes_per_step": distributed.gradient_bytes(model)}
     trainable = lora_mod.trainable_count(model)
+    # resumed_from marks the steps an earlier attempt reported past it as superseded (events.current)
+    resumed_from = start.step if start else (0 if (resume or again) else None)
     # eval.retain, tokenised once for every evaluation (by every process, so a bad file stops all)
     retain = retain_batches(cfg, tokenizer)
     before = {}  # the "before": the base (LoRA starts at zero), or the first start's on resume
@@ -250,7 +362,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
         trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
-        resumed_from=start.step if start else None,
+        resumed_from=resumed_from,
         extra={"dtype": t.dtype, **(task.notes or {}), **before, **{k: v for k, v in memory.items() if k != "params"}},
     ))
     for warning in data_warnings(cfg, task):
@@ -259,45 +371,63 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     def save(pos):
         return save_checkpoint(run_dir / "checkpoints", model, optimizer, pos, cfg.save.keep)
 
+    weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters() if not full else model.parameters()))
+    extra = {"model": str(model_ref), "base_model_path": str(model_path), "method": cfg.method}
+
+    def write_weights(path: Path, more: dict | None = None) -> Path:
+        if full:
+            return write_output(path, lambda tmp: save_model_dir(model, tokenizer, model_config, tmp), weight_bytes, run_dir)
+        return write_output(path, lambda tmp: lora_mod.save_adapter(model, adapter_config, tmp, {**extra, **(more or {})}), weight_bytes, run_dir)
+
+    def save_best(pos):
+        return write_weights(run_dir / ("model-best" if full else "adapter-best"),
+                             {"best": {"step": pos.step, "metric": cfg.save.best, "value": pos.best}})
+
+    vocab = model_config.get("vocab_size") or (model_config.get("text_config") or {}).get("vocab_size")
     pos = train_loop(
         model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
         grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
         evaluate=evaluator(cfg, model, tokenizer, task, retain) if group.main else None, eval_every=cfg.eval.every,
         save=save if group.main else None, save_every=cfg.save.every, report_every=t.report_every, start=start,
-        seed=t.seed, group=group,
+        seed=t.seed, group=group, keep_best=keep_best, save_best=save_best, early_stopping=early,
+        stuck_loss=math.log(vocab) if vocab and cfg.method in LM_METHODS else None,
     )
-    stopped = pos.step < total_steps
-    run = Run(run_dir, cfg, stopped=stopped)
+    stopped = pos.step < total_steps and pos.early_stopped is None
+    run = Run(run_dir, cfg, stopped=stopped, early_stopped=pos.early_stopped)
     if not group.main:  # the others' weights are process 0's: it alone writes the outputs
         return run
     if not stopped:
-        if full:
-            run.model_path = save_model_dir(model, tokenizer, model_config, run_dir / "model")
-        else:
-            extra = {"model": str(model_ref), "base_model_path": str(model_path), "method": cfg.method}
-            run.adapter_path = lora_mod.save_adapter(model, adapter_config, run_dir / "adapter", extra)
+        path = write_weights(run_dir / ("model" if full else "adapter"))
+        run.model_path, run.adapter_path = (path, None) if full else (None, path)
+    best_dir = run_dir / ("model-best" if full else "adapter-best")
+    run.best_path = best_dir if keep_best and best_dir.is_dir() else None
     output = run.model_path or run.adapter_path or (run_dir / "checkpoints")
-    log(ev.Done(step=pos.step, output=str(output), stopped=stopped, elapsed_s=round(pos.elapsed_s, 2)))
-    run.events = ev.read_events(run_dir / "events.jsonl")
+    done = {"reason": pos.early_stopped} if pos.early_stopped else {}
+    if keep_best and pos.best_step is not None:
+        done.update(best_step=pos.best_step, best_metric=keep_best.metric, best_value=round(pos.best, 6), best_output=str(best_dir))
+    log(ev.Done(step=pos.step, output=str(output), stopped=stopped, elapsed_s=round(pos.elapsed_s, 2), extra=done))
+    run.events = ev.current(ev.read_events(run_dir / "events.jsonl"))
     return run
 
 
 def read_run(run_dir: str | Path) -> dict:
     """Summary of a run dir for listings (CLI `runs`, TUI): status, method, model, steps, loss.
 
+    Steps that a resume redid are dropped (events.current); the last start event gives the total.
     A pipeline (a config with `stages:`) is summarised as method "pipeline" with `stages`, one
     summary per stage (its own run dir `<i>-<name>/`, or status "pending" before it starts) plus
     the stage's `metrics` (what it learned); `step`/`total_steps` count finished stages, and
     `current` names the stage that runs now (or stopped/failed), whose last loss is `loss`.
     """
     run_dir = Path(run_dir)
-    events = ev.read_events(run_dir / "events.jsonl")
+    raw = ev.read_events(run_dir / "events.jsonl")
+    events = ev.current(raw)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     cfg = cfg if isinstance(cfg, dict) else {}
-    start = next((e for e in events if e["type"] == "start"), None)
+    start = next((e for e in reversed(events) if e["type"] == "start"), None)
     last_train = next((e for e in reversed(events) if e["type"] == "train"), None)
     last_eval = next((e for e in reversed(events) if e["type"] == "eval"), None)
-    last = events[-1] if events else None
+    last = next((e for e in reversed(events) if e["type"] not in ("warning", "config")), None)
     if last is None:
         status = "new"
     elif last["type"] == "done":
@@ -310,7 +440,7 @@ def read_run(run_dir: str | Path) -> dict:
         "dir": str(run_dir), "status": status, "method": cfg.get("method"), "model": cfg.get("model"),
         "full": bool(cfg.get("full")), "step": (last_train or {}).get("step", 0), "total_steps": (start or {}).get("total_steps"),
         "loss": (last_train or {}).get("loss"), "val_loss": (last_eval or {}).get("val_loss"),
-        "started": (events[0]["time"] if events else None),
+        "started": (raw[0]["time"] if raw else None),
         "error": last.get("message") if last and last["type"] == "error" else None,
     }
     if cfg.get("stages") or (start or {}).get("method") == "pipeline":

@@ -67,21 +67,62 @@ class Position:
     micro: int = 0  # micro-batches consumed from the data stream
     trained_tokens: int = 0
     elapsed_s: float = 0.0
+    best: float | None = None  # save.best: best value so far and its step
+    best_step: int | None = None
+    watch_best: float | None = None  # train.early_stopping: best value and evaluations since
+    watch_bad: int = 0
+    early_stopped: str | None = None  # why early stopping ended the run (not saved)
+
+    def state(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "early_stopped"}
+
+
+def _fault(kind: str, step: int):
+    """Test hook: `SMOLMAC_FAULT=KIND:STEP` SIGKILLs this process at that point (`step:N` after
+    optimizer step N, `checkpoint-write:N` half-way through writing checkpoint N)."""
+    spec = os.environ.get("SMOLMAC_FAULT")
+    if spec and spec == f"{kind}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _all_finite(tree) -> bool:
+    flags = [mx.all(mx.isfinite(v)) for _, v in tree_flatten(tree) if mx.issubdtype(v.dtype, mx.inexact)]
+    return not flags or bool(mx.all(mx.stack(flags)).item())
 
 
 def save_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer: optim.Optimizer, pos: Position, keep: int = 2) -> Path:
-    """Write checkpoints/step-NNNNNNN/ via a temp dir + rename; keep the newest `keep`."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    """Write checkpoints/step-NNNNNNN/ via a temp dir + rename; keep the newest `keep`.
+
+    Weights that are not finite are never written (so never replace a good checkpoint), and the
+    oldest checkpoints are pruned only once the new one is in place.
+    """
+    from smolmac.storage import writing
+
     final = ckpt_dir / f"step-{pos.step:07d}"
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    if not _all_finite(weights):
+        raise UserError(f"train: the weights became NaN or infinite at step {pos.step} (the loss was still finite), so no checkpoint was written; lower train.lr or set train.grad_clip (e.g. 1.0), then resume from the last checkpoint with `smolmac train --resume {ckpt_dir.parent} --set train.lr=...`.")
+    if (final / "state.json").is_file():
+        # This step was saved before a kill: a resumed run computes the same state (bit-exact).
+        return final
+    opt_state = dict(tree_flatten(optimizer.state))
+    need = sum(v.nbytes for v in weights.values()) + sum(v.nbytes for v in opt_state.values()) + 4096
     tmp = ckpt_dir / f".tmp-step-{pos.step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    mx.save_safetensors(str(tmp / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (tmp / "state.json").write_text(json.dumps(pos.__dict__))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    then = f"then continue with `smolmac train --resume {ckpt_dir.parent}`"
+    try:
+        with writing(final, need, then):
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            mx.save_safetensors(str(tmp / "weights.safetensors"), weights)
+            _fault("checkpoint-write", pos.step)
+            mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+            (tmp / "state.json").write_text(json.dumps(pos.state()))
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -100,11 +141,71 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer) ->
     optimizer.init(model.trainable_parameters())
     optimizer.state = tree_unflatten(list(state.items()))
     mx.eval(model.parameters(), optimizer.state)
-    return Position(**json.loads((path / "state.json").read_text()))
+    saved = json.loads((path / "state.json").read_text())
+    fields = Position.__dataclass_fields__
+    return Position(**{k: v for k, v in saved.items() if k in fields and k != "early_stopped"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching an eval metric: keep the best (save.best), stop when it stops improving
+# (train.early_stopping). Improvement is strict and by more than min_delta, like HF's
+# EarlyStoppingCallback; patience counts evaluations.
+
+
+def watch_mode(metric: str, mode: str = "auto") -> str:
+    """min or max for an eval metric: `auto` is min for losses and perplexities, else max."""
+    if mode != "auto":
+        return mode
+    return "min" if any(s in metric for s in ("loss", "ppl", "perplexity")) else "max"
+
+
+@dataclass
+class Watch:
+    """An eval-event metric to watch and its direction."""
+
+    metric: str
+    mode: str = "min"  # "min" or "max"
+    min_delta: float = 0.0
+    patience: int = 0
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
+
+    def value(self, eval_event: dict, what: str) -> float:
+        v = eval_event.get(self.metric)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            names = sorted(k for k, x in eval_event.items() if isinstance(x, (int, float)) and not isinstance(x, bool) and k not in ("step", "time"))
+            raise UserError(f"{what}: the eval events have no metric '{self.metric}'; choose one of {', '.join(names)}.")
+        return float(v)
+
+
+def _watch(pos: Position, evals: list, keep_best: Watch | None, save_best, early_stopping: Watch | None, on_event):
+    """Update the best value (writing the best weights) and the early-stopping count."""
+    e = next((x.to_dict() for x in evals if isinstance(x, ev.Eval)), None)
+    if e is None:
+        return
+    if keep_best is not None:
+        value = keep_best.value(e, "save.best")
+        if math.isfinite(value) and keep_best.improved(value, pos.best):
+            pos.best, pos.best_step = value, pos.step
+            on_event(ev.Best(step=pos.step, metric=keep_best.metric, value=round(value, 6), path=str(save_best(pos))))
+    if early_stopping is not None:
+        value = early_stopping.value(e, "train.early_stopping")
+        if math.isfinite(value) and early_stopping.improved(value, pos.watch_best):
+            pos.watch_best, pos.watch_bad = value, 0
+        else:
+            pos.watch_bad += 1
+        if pos.watch_bad >= early_stopping.patience:
+            pos.early_stopped = (f"early stopping: {early_stopping.metric} did not improve by more than {early_stopping.min_delta:g} "
+                                 f"for {pos.watch_bad} evaluations (best {pos.watch_best:.6g})")
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
+
+STUCK_STEPS, STUCK_BAND = 50, 0.1
 
 
 def _memory_gb() -> float:
@@ -129,9 +230,13 @@ def train(
     report_every: int = 10,
     start: Position | None = None,
     seed: int = 0,
+    keep_best: Watch | None = None,
+    save_best=None,
+    early_stopping: Watch | None = None,
+    stuck_loss: float | None = None,
     group=SINGLE,
 ) -> Position:
-    """Run optimizer steps until `total_steps` or `stop` is set.
+    """Run optimizer steps until `total_steps`, `stop` is set, or early stopping ends the run.
 
     Args:
         batches: has `stream(start_micro)` yielding `(arrays, n_real_tokens)` forever.
@@ -143,10 +248,16 @@ def train(
         start: where to resume (step, data position, counters).
         seed: the RNG (dropout) is reseeded from (seed, micro-batch number) before every
             micro-batch, so a resumed run draws exactly what the uninterrupted run drew.
+        keep_best: the eval metric whose best value `save_best(pos) -> path` writes.
+        early_stopping: the eval metric that ends the run after `patience` evaluations without
+            improvement (`pos.early_stopped` then says why).
+        stuck_loss: ln(vocab); a warning event when the loss stays within 0.1 of it for 50 steps.
         group: a `smolmac.distributed.Group` of N processes: each reads its shard of every
             micro-batch, gradients and reported numbers are summed over the group (token- or
             pair-weighted, equal to one process with the same global batch); `stop` on any
             process stops all of them. Only process 0 should get `evaluate` and `save`.
+
+    A non-finite loss stops the run at once, before any evaluation or checkpoint of that step.
     """
     pos = start or Position()
     optimizer.init(model.trainable_parameters())  # no-op for state already there (resume)
@@ -187,6 +298,7 @@ def train(
     stream = batches.stream(pos.micro, (group.rank, world)) if world > 1 else batches.stream(pos.micro)
     window_loss, window_weight, window_tokens, window_time, window_metrics = 0.0, 0.0, 0, 0.0, {}
     window_steps = 0
+    stuck, warned = 0, False
     stopped = False
     while pos.step < total_steps:
         tic = time.perf_counter()
@@ -213,25 +325,35 @@ def train(
             apply(acc, sum(weights))
         (group.eval if world > 1 else mx.eval)(state, losses, weights, metrics_list)
         dt = time.perf_counter() - tic
+        # The step's loss is read on the host every step anyway (no extra sync): check it here,
+        # before anything of this step is evaluated or saved.
+        w = sum(x.item() for x in weights)
+        step_loss_sum = sum(x.item() for x in losses)
+        step_loss = step_loss_sum / max(w, 1e-9)
+        if not math.isfinite(step_loss):
+            raise UserError(f"train: the loss became {step_loss} at step {pos.step + 1}, so the run stopped before evaluating or saving that step (every checkpoint on disk is from an earlier step with finite weights); lower train.lr (resume with --set train.lr=...) or raise train.warmup (start again).")
         pos.step += 1
+        _fault("step", pos.step)
         pos.trained_tokens += tokens
         pos.elapsed_s += dt
         window_time += dt
         window_tokens += tokens
         window_steps += 1
-        w = sum(x.item() for x in weights)
-        window_loss += sum(x.item() for x in losses)
+        window_loss += step_loss_sum
         window_weight += w
         for m in metrics_list:
             for k, v in m.items():
                 window_metrics[k] = window_metrics.get(k, 0.0) + v.item() / (grad_accum)
+        if stuck_loss is not None and not warned:
+            stuck = stuck + 1 if abs(step_loss - stuck_loss) <= STUCK_BAND else 0
+            if stuck >= STUCK_STEPS:
+                warned = True
+                on_event(ev.Warning(step=pos.step, message=f"the loss has stayed at ln(vocab) = {stuck_loss:.2f} (±{STUCK_BAND}) for {STUCK_STEPS} steps: the model still guesses uniformly; raise train.lr or train.steps, or check that the data has trained tokens.", kind="stuck_loss"))
         done = pos.step >= total_steps
         if world == 1:  # one process: the flag as it is now (a group agreed on it in settle)
             stopping = stop is not None and stop.is_set()
         if pos.step % report_every == 0 or done or pos.step == 1 or stopping:
             loss_value = window_loss / max(window_weight, 1e-9)
-            if not math.isfinite(loss_value):
-                raise UserError(f"train: the loss became {loss_value} at step {pos.step}; lower train.lr or raise train.warmup (the last checkpoint is kept).")
             lr = optimizer.learning_rate if not isinstance(optimizer, optim.MultiOptimizer) else optimizer.optimizers[0].learning_rate
             per_step = pos.elapsed_s / max(pos.step - (start.step if start else 0), 1)
             on_event(ev.Train(
@@ -247,13 +369,18 @@ def train(
         stopped = stopping and not done
 
         if (eval_every and pos.step % eval_every == 0) or done:
-            for e in evaluate(pos.step) if evaluate else []:
+            evals = evaluate(pos.step) if evaluate else []
+            for e in evals:
                 on_event(e)
+            _watch(pos, evals, keep_best, save_best, early_stopping, on_event)  # process 0 evaluates
             model.train()
             stopped = group.agree(stopped)  # a decision taken after process 0's evaluation
-        if save and (done or stopped or (save_every and pos.step % save_every == 0)):
+            if early_stopping is not None and group.agree(pos.early_stopped is not None) and pos.early_stopped is None:
+                pos.early_stopped = "early stopping (decided by process 0)"
+        finished = done or pos.early_stopped is not None
+        if save and (finished or stopped or (save_every and pos.step % save_every == 0)):
             on_event(ev.Checkpoint(step=pos.step, path=str(save(pos))))
-        if stopped:
+        if stopped or pos.early_stopped:
             break
     return pos
 

@@ -69,6 +69,25 @@ def chat_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "chat.jsonl", chat_rows())
 
 
+def hold_lock(run_dir: Path):
+    """Start a process that holds `run_dir`'s run lock (as a live `smolmac train` does) until
+    killed; returns it once the lock is held (polls up to 60 s)."""
+    import subprocess
+    import sys
+    import time
+
+    from smolmac.storage import lock_owner
+
+    code = ("import sys, time  # smolmac\nfrom smolmac.storage import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while lock_owner(run_dir) != proc.pid:
+        assert proc.poll() is None and time.monotonic() < deadline, f"the lock holder did not start (exit {proc.poll()})"
+        time.sleep(0.1)
+    return proc
+
+
 # A real four-stage pipeline in the quickstart's shape (tokenizer -> pretrain a `{new: nano}`
 # model -> SFT with LoRA -> ORPO full), a few steps each on the shipped quickstart data: the runs
 # list, dashboards, chat, compare and inspect are tested on what the engine really writes.

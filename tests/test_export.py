@@ -8,6 +8,7 @@ lora_b (zero at init) and DoRA magnitudes randomised so that the adapter changes
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -305,12 +306,20 @@ def test_bad_output_dir_and_dtype(tmp_path, base):
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="--overwrite"):
         export_run(run, "peft", busy)
+    with pytest.raises(UserError, match=r"busy was not written by `smolmac export`.*will not delete it"):
+        export_run(run, "peft", busy, overwrite=True)  # a folder of the user's: never replaced
     assert (busy / "notes.txt").read_text() == "mine"
-    out = export_run(run, "peft", busy, dtype="bfloat16", overwrite=True)
-    assert not (out / "notes.txt").exists()
+    first = export_run(run, "peft", tmp_path / "out")
+    out = export_run(run, "peft", first, dtype="bfloat16", overwrite=True)  # an earlier export: replaced
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
-    with pytest.raises(UserError, match="contains the run"):
+    info = json.loads((out / "smolmac.json").read_text())
+    assert info["written_by"] == "smolmac export" and "adapter_model.safetensors" in info["files"]
+    (out / "my-eval.txt").write_text("mine")  # the user added a file to the export
+    with pytest.raises(UserError, match="holds my-eval.txt, which `smolmac export` did not write"):
+        export_run(run, "peft", out, overwrite=True)
+    assert (out / "my-eval.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="is or contains the run being exported"):
         export_run(run, "peft", tmp_path, overwrite=True)
     with pytest.raises(UserError, match="neither a run directory nor an adapter"):
         (tmp_path / "notes").mkdir()
@@ -334,6 +343,66 @@ def test_pipeline_dir_exports_its_last_trained_stage(tmp_path, base):
     assert any("pipeline" in m and "1-sft" in m for m in messages)
     ours, theirs = load_file(str(out / "adapters.safetensors")), load_file(str(run / "adapter" / "adapters.safetensors"))
     assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+
+
+def test_overwrite_never_deletes_the_working_dir_or_its_parent(tmp_path, base, monkeypatch, capsys):
+    """Issue 14.1, exactly: run from proj/sub, `smolmac export RUN --to .. --overwrite` deleted
+    proj/notes.txt and the current folder, then failed. Now it is refused and nothing changes."""
+    from smolmac.cli import main
+    from smolmac.export import export_run
+
+    run, _ = make_run(tmp_path / "run", base, {"targets": ["q_proj"], "layers": 1, "dora": False})
+    proj = tmp_path / "proj"
+    (proj / "sub").mkdir(parents=True)
+    (proj / "notes.txt").write_text("my notes")
+    (proj / "sub" / "work.txt").write_text("my work")
+    monkeypatch.chdir(proj / "sub")
+    before = sorted(p.relative_to(proj) for p in proj.rglob("*"))
+    for to in ("..", ".", str(proj.parent)):
+        assert main(["export", str(run), "--format", "peft", "--to", to, "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        assert re.search(r"is or contains (the current directory|the run being exported)", err[0]), err
+    assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before
+    assert (proj / "notes.txt").read_text() == "my notes" and (proj / "sub" / "work.txt").read_text() == "my work"
+    monkeypatch.setenv("HOME", str(proj / "sub"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="contains your home directory"):
+        export_run(run, "peft", proj, overwrite=True)
+    assert (proj / "notes.txt").read_text() == "my notes"
+
+
+def test_a_failed_export_leaves_the_earlier_one_intact(tmp_path, base, monkeypatch):
+    import errno
+
+    from smolmac.export import export_run, peft
+
+    run, _ = make_run(tmp_path / "run", base, {"targets": ["q_proj"], "layers": 1, "dora": False})
+    out = export_run(run, "peft", tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(src, tmp, dtype, say, **options):
+        (tmp / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(peft, "write", full_disk)
+    with pytest.raises(UserError, match=r"out: the disk is full \(.* free, about .* needed\); free some space"):
+        export_run(run, "peft", out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+
+
+def test_overwrite_of_a_single_file_replaces_only_a_gguf_file(tmp_path):
+    from smolmac.export import check_out, exporter
+
+    kind = exporter("gguf")
+    mine = tmp_path / "notes.gguf"
+    mine.write_text("my notes, not a model")
+    with pytest.raises(UserError, match="notes.gguf is not a GGUF file, so --overwrite will not replace it"):
+        check_out(mine, tmp_path / "run", True, kind)
+    earlier = tmp_path / "model.gguf"
+    earlier.write_bytes(b"GGUF" + bytes(60))
+    check_out(earlier, tmp_path / "run", True, kind)  # an earlier export: may be replaced
 
 
 def test_peft_export_of_a_qlora_run_names_a_base_transformers_loads(tmp_path, base):

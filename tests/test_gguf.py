@@ -369,8 +369,12 @@ def test_bad_input_is_one_sentence_and_leaves_nothing(tmp_path, lora_run, capsys
     out.write_text("mine")
     with pytest.raises(UserError, match="exists; choose another file name or pass --overwrite"):
         export_run(run, "gguf", out)
+    with pytest.raises(UserError, match="is not a GGUF file, so --overwrite will not replace it"):
+        export_run(run, "gguf", out, overwrite=True)  # the user's own file is never replaced
     assert out.read_text() == "mine"
-    export_run(run, "gguf", out, overwrite=True, dtype="f16")
+    out.unlink()
+    export_run(run, "gguf", out, dtype="f32")
+    export_run(run, "gguf", out, overwrite=True, dtype="f16")  # an earlier export is
     assert out.read_bytes()[:4] == b"GGUF" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
     empty = tmp_path / "empty-run"
     empty.mkdir()

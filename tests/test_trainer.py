@@ -120,3 +120,69 @@ def test_full_finetune_writes_hf_model(tiny_model, chat_file, tmp_path):
     with safe_open(str(run.model_path / "model.safetensors"), "np") as f:
         assert f.metadata() == {"format": "pt"}
 
+
+
+def test_keep_the_best_and_stop_when_it_stops_improving(tiny_model, chat_file, tmp_path):
+    """save.best writes adapter-best/ at each new best eval; early stopping (min_delta so large that
+    nothing after the first eval counts as better) ends the run cleanly after `patience` evals."""
+    from smolmac.export import export_run
+    from smolmac.generate import load_for_generation
+
+    rec = recipe(tiny_model, chat_file, steps=40, early_stopping={"metric": "val_loss", "patience": 2, "min_delta": 100.0})
+    # best_mode max on a falling val loss: the best weights are an early step's, not the last ones
+    rec.update(eval={"every": 3}, save={"best": "val_loss", "best_mode": "max"})
+    run = smolmac.train(rec, run_dir=tmp_path / "run")
+    done = run.last("done")
+    assert not run.stopped and done["stopped"] is False and done["step"] == 9
+    evals = {e["step"]: e["val_loss"] for e in run.events if e["type"] == "eval"}
+    assert done["reason"] == f"early stopping: val_loss did not improve by more than 100 for 2 evaluations (best {evals[3]:.6g})"
+    assert sorted(evals) == [3, 6, 9]
+    bests = [(e["step"], e["value"]) for e in run.events if e["type"] == "best"]
+    expected, best = [], None
+    for step in sorted(evals):
+        if best is None or evals[step] > best:
+            best = evals[step]
+            expected.append((step, evals[step]))
+    assert bests == expected and done["best_step"] == expected[-1][0]
+    assert run.adapter_path == tmp_path / "run" / "adapter" and run.best_path == tmp_path / "run" / "adapter-best"
+    assert json.loads((run.best_path / "adapter_config.json").read_text())["best"]["step"] == expected[-1][0]
+    assert expected[-1][0] != 9  # the best and the last weights differ
+    a = mx.load(str(run.best_path / "adapters.safetensors"))
+    b = mx.load(str(run.adapter_path / "adapters.safetensors"))
+    assert any(not mx.array_equal(a[k], b[k]) for k in a)
+    # export and chat pick best or last
+    out = export_run(tmp_path / "run", "mlx", tmp_path / "best", pick="best")
+    exported, kept = mx.load(str(out / "adapters.safetensors")), mx.load(str(run.best_path / "adapters.safetensors"))
+    assert all(mx.array_equal(exported[k], kept[k]) for k in kept)
+    assert f"best evaluation (step {expected[-1][0]}" in (out / "README.md").read_text()
+    m_best, _ = load_for_generation(str(tiny_model), str(tmp_path / "run"), pick="best")
+    m_ref, _ = load_for_generation(str(tiny_model), str(run.best_path))
+    m_last, _ = load_for_generation(str(tiny_model), str(tmp_path / "run"))
+    ids = mx.array([[5, 9, 20, 33]])
+    assert mx.array_equal(m_best(ids), m_ref(ids)) and not mx.array_equal(m_best(ids), m_last(ids))
+    with pytest.raises(smolmac.errors.UserError, match="--pick best: .* has no adapter-best/"):
+        export_run(tmp_path / "run" / "adapter", "mlx", tmp_path / "x", pick="best")
+
+
+def test_watch_directions_and_recipe_checks():
+    from smolmac.config import load_recipe
+    from smolmac.errors import UserError
+    from smolmac.trainer import Watch, watch_mode
+
+    assert watch_mode("val_loss") == "min" and watch_mode("val_ppl") == "min"
+    assert watch_mode("eval_rewards/accuracies") == "max" and watch_mode("exact_match", "min") == "min"
+    w = Watch("acc", "max", min_delta=0.1)
+    assert w.improved(0.5, None) and w.improved(0.61, 0.5) and not w.improved(0.6, 0.5)
+    with pytest.raises(UserError, match="the eval events have no metric 'nope'; choose one of val_loss, val_ppl"):
+        Watch("nope").value({"type": "eval", "step": 1, "val_loss": 1.0, "val_ppl": 2.7, "time": 1.0}, "save.best")
+    base = {"model": "m", "eval": {"every": 10}}
+    for es, msg in (({"patience": 0}, "'train.early_stopping' needs patience: a whole number of evaluations >= 1, not 0"),
+                    ({"metric": "val_loss"}, "'train.early_stopping' needs patience: a whole number"),
+                    ({"patience": 2, "min_delat": 0.1}, r"'train.early_stopping' has an unknown key 'min_delat' \(did you mean 'min_delta'"),
+                    ({"patience": 2, "mode": "up"}, "'train.early_stopping' needs mode: auto, min or max, not 'up'")):
+        with pytest.raises(UserError, match=msg):
+            load_recipe({**base, "train": {"early_stopping": es}})
+    with pytest.raises(UserError, match="needs evaluations during the run; set eval.every"):
+        load_recipe({"model": "m", "train": {"early_stopping": {"patience": 2}}})
+    with pytest.raises(UserError, match="'save.best_mode' must be one of auto, min, max"):
+        load_recipe({"model": "m", "save": {"best": "val_loss", "best_mode": "down"}})

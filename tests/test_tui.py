@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import hold_lock
 
 import smolmac
 from smolmac.events import EventTail
@@ -207,7 +208,18 @@ def test_a_run_whose_process_died_is_failed_with_its_last_output(tmp_path):
     [run] = list_runs(root, Launcher())
     assert run["status"] == "failed" and run["error"] == "Killed: out of memory" and not run["alive"]
     (d / "pid").unlink()
-    assert list_runs(root, Launcher())[0]["status"] == "running"  # started elsewhere: trust the events
+    # Started from the CLI (no pid file): nothing holds its lock, so its process is gone (SIGKILL).
+    [run] = list_runs(root, Launcher())
+    assert run["status"] == "failed" and not run["alive"]
+    holder = hold_lock(d)  # a live `smolmac train` on it, started elsewhere
+    try:
+        [run] = list_runs(root, Launcher())
+        assert run["status"] == "running" and run["alive"] and run["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    [run] = list_runs(root, Launcher())  # the kernel dropped the lock with the process: not stale
+    assert run["status"] == "failed" and not run["alive"] and run["pid"] is None
 
 
 def test_launcher_runs_children_in_their_own_session_and_stops_them_from_a_new_app(tmp_path):
@@ -342,6 +354,34 @@ async def test_dashboard_follows_a_growing_event_log_then_a_crash(tmp_path, monk
         append(run, [train_event(40, total=40), {"type": "done", "step": 40, "output": "runs/live/adapter", "stopped": False, "time": T0 + 50}])
         await wait_for(pilot, lambda: dash.status == "finished")
         assert "runs/live/adapter" in _render(app)
+
+
+async def test_a_run_trained_elsewhere_shows_running_and_resume_is_refused(tmp_path, monkeypatch):
+    """Issue 14.2: a `smolmac train --resume` from a terminal holds the run's lock; the app shows the
+    run as running (its last event still says stopped) and refuses Resume, naming the process."""
+    monkeypatch.chdir(tmp_path)
+    d = fake_run(tmp_path / "runs", "cli", [start_event(), train_event(10), {"type": "done", "step": 10, "output": "ckpt", "stopped": True, "time": T0 + 11}])
+    holder = hold_lock(d)
+    try:
+        app = make_app(tmp_path, Launcher(command=[sys.executable, "-c", "raise SystemExit(1)"]))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            assert app.screen.runs[0]["status"] == "running"
+            await pilot.press("r")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "ErrorDialog" and str(holder.pid) in app.screen.message
+            await pilot.press("escape", "enter")
+            await pilot.pause()
+            dash = app.screen
+            await wait_for(pilot, lambda: dash.view.done is not None)
+            assert dash.status == "running"
+            await pilot.press("r")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "ErrorDialog" and str(holder.pid) in app.screen.message
+        assert not (d / "train.log").exists()  # no second process was started
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 async def test_dashboard_shows_the_processes_and_hosts_of_a_data_parallel_run(tmp_path, monkeypatch):

@@ -48,9 +48,15 @@ class RunView:
             if self.retain_before is None:
                 self.retain_before = e.get("retain_ppl")
             self.warnings = []
-            # A resumed run re-reports from its checkpoint: drop points past it.
+            # A resumed run re-reports from its checkpoint: drop what it reported past it (the
+            # steps it redoes; smolmac.events.current does the same for whole logs).
             self.train = [p for p in self.train if p[0] <= step]
             self.valid = [p for p in self.valid if p[0] <= step]
+            self.samples = deque((s for s in self.samples if s.get("step", 0) <= step), maxlen=self.samples.maxlen)
+            if self.last_train and self.last_train.get("step", 0) > step:
+                self.last_train = None
+            if self.last_eval and self.last_eval.get("step", 0) > step:
+                self.last_eval = None
             self.step = step
             resumed = f" (resumed at step {e['resumed_from']})" if e.get("resumed_from") else ""
             return f"start {e.get('method')} {e.get('model')}: {e.get('trainable_params', 0):,} trainable, {e.get('train_rows')} train / {e.get('valid_rows')} valid rows{resumed}"
@@ -85,10 +91,17 @@ class RunView:
             return f"step {step}: checkpoint {Path(e.get('path', '')).name}"
         if kind == "done":
             self.done, self.step = e, step
-            return f"step {step}: {'stopped' if e.get('stopped') else 'finished'} → {e.get('output')}"
+            why = f" ({e['reason']})" if e.get("reason") else ""
+            return f"step {step}: {'stopped' if e.get('stopped') else 'finished'}{why} → {e.get('output')}"
         if kind == "error":
             self.error = e.get("message")
             return f"error: {self.error}"
+        if kind == "warning":
+            return f"step {step}: warning: {e.get('message')}"
+        if kind == "best":
+            return f"step {step}: best {e.get('metric')} {e.get('value', 0):.4g} → {Path(e.get('path', '')).name}"
+        if kind == "config":
+            return "--set " + ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in (e.get("changes") or {}).items())
         return None
 
     @property

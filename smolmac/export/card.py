@@ -56,6 +56,9 @@ def _base_license(*specs) -> str | None:
 def run_metrics(events: list[dict]) -> dict:
     """Final metrics of a run from its events: last train loss, last eval (val loss/ppl and
     method metrics such as DPO reward accuracy), steps, tokens, time."""
+    from smolmac.events import current
+
+    events = current(events)  # steps redone after a resume count once
     train = next((e for e in reversed(events) if e["type"] == "train"), None)
     evals = next((e for e in reversed(events) if e["type"] == "eval"), None)
     done = next((e for e in reversed(events) if e["type"] == "done"), None)
@@ -107,7 +110,7 @@ def card_info(src, fmt: str, dtype: str | None = None) -> dict:
         "base_model": _display(base), "base_model_on_hub": hub_id(base) is not None, "from_scratch": from_scratch,
         "fine_tune": ("dora" if ad.dora else "lora") if ad else ("pretrain" if from_scratch else "full"),
         "method": cfg.method if cfg else (ad.method if ad else None),
-        "dtype": dtype, "checkpoint_step": src.step,
+        "dtype": dtype, "checkpoint_step": src.step, "best": getattr(src, "best", None),
         "license": None if from_scratch else _base_license(*(([ad.base_path] if ad else []) + [base])),
     }
     if ad:
@@ -184,6 +187,9 @@ def model_card(info: dict, repo_id: str | None = None) -> str:
              f"{what}, trained with smolmac ({(method or ft).upper()}) on Apple MLX and exported as {layout}.\n"]
     if info.get("checkpoint_step") is not None:
         parts.append(f"> Exported from an unfinished run: the checkpoint at step {info['checkpoint_step']}.\n")
+    if info.get("best"):
+        b = info["best"]
+        parts.append(f"> The weights of the run's best evaluation (step {b['step']}, {b['metric']} {b['value']:.4g}), not of its last step.\n")
     parts.append("## Use it\n\n" + _snippets(info, ref, repo_id is not None))
     train = []
     if base_name:

@@ -24,6 +24,7 @@ class Source:
     full_weights: Path | None = None  # unfinished full fine-tune: checkpoint weights
     base: str | None = None
     step: int | None = None  # checkpoint step of an unfinished run
+    best: dict | None = None  # --pick best: {"step", "metric", "value"} of the weights exported
 
 
 def _run_base(run_dir: Path, cfg) -> str | None:
@@ -44,8 +45,37 @@ def _pipeline_stages(path: Path) -> list[Path]:
     return sorted(found, key=lambda d: int(d.name.split("-")[0]))
 
 
-def open_source(path: str | Path, say=None) -> Source:
-    """Find what to export in a run dir, an mlx-lm adapter dir or a PEFT adapter dir."""
+def _best_event(run_dir: Path) -> dict | None:
+    from smolmac.events import current, read_events
+
+    e = next((e for e in reversed(current(read_events(run_dir / "events.jsonl"))) if e["type"] == "best"), None)
+    return {"step": e["step"], "metric": e["metric"], "value": e["value"]} if e else None
+
+
+def _open_best(path: Path, say) -> Source:
+    """`--pick best`: the weights of the run's best evaluation (save.best)."""
+    if (path / "adapter-best" / "adapter_config.json").is_file():
+        src = Source(path, run_dir=path, adapter=read_mlx_adapter(path / "adapter-best"), best=_best_event(path))
+    elif (path / "model-best" / "config.json").is_file():
+        src = Source(path, run_dir=path, model_dir=path / "model-best", best=_best_event(path))
+    else:
+        stages = _pipeline_stages(path)
+        if stages:
+            say(f"{path} is a pipeline: exporting the best weights of its last trained stage, {stages[-1].name}.")
+            return _open_best(stages[-1], say)
+        raise UserError(f"--pick best: {path} has no adapter-best/ or model-best/; set save.best (e.g. val_loss) in the recipe to keep the best weights, or export the last ones (--pick last).")
+    if src.best:
+        say(f"exporting the best weights: step {src.best['step']}, {src.best['metric']} {src.best['value']:.4g}.")
+    return src
+
+
+def open_source(path: str | Path, say=None, pick: str = "last") -> Source:
+    """Find what to export in a run dir, an mlx-lm adapter dir or a PEFT adapter dir.
+
+    Args:
+        pick: "last" (the run's last weights, or its last checkpoint when unfinished) or "best"
+            (adapter-best/ or model-best/, written by save.best).
+    """
     import yaml
 
     from smolmac.config import load_recipe
@@ -54,6 +84,8 @@ def open_source(path: str | Path, say=None) -> Source:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such directory; pass a run directory (runs/...) or an adapter directory.")
+    if pick == "best":
+        return _open_best(path, say)
     if (path / "adapter" / "adapter_config.json").is_file():
         return Source(path, run_dir=path, adapter=read_mlx_adapter(path / "adapter"))
     if (path / "model" / "config.json").is_file():

@@ -369,10 +369,16 @@ def cached_reference(model, batches: PairBatches, path: Path, model_id: str) -> 
     logps = group.sum_numpy(reference_logps(model, batches, batches.groups[group.rank :: group.size]))
     if not group.main:
         return logps, False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from smolmac.storage import writing
+
     tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")
-    np.savez(tmp, key=np.array(key), logps=logps)
-    os.replace(tmp, path)
+    try:
+        with writing(path, logps.nbytes + 4096, f"then resume with `smolmac train --resume {path.parent}`"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, key=np.array(key), logps=logps)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return logps, False
 
 

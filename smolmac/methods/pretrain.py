@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -84,11 +85,25 @@ def _sep_id(hf) -> int:
     return int(hf.eos_token_id)
 
 
-def _write_tokens(docs, hf, sep: int, path: Path, dtype, bos: list[int] = ()) -> tuple[int, int]:
-    """Tokenise documents in chunks (the Rust tokenizer batches in parallel) into a flat file:
-    each document as `encode_plain` gives it (the tokenizer's BOS, if any, then its tokens, as
-    generation encodes an untemplated prompt), then the separator."""
-    tmp = path.with_suffix(".tmp")
+def _write_tokens(docs, hf, sep: int, path: Path, dtype, need: int | None = None, bos: list[int] = ()) -> tuple[int, int]:
+    """Tokenise documents in chunks (the Rust tokenizer batches in parallel) into a flat file,
+    written under a temporary name and renamed into place: each document as `encode_plain` gives
+    it (the tokenizer's BOS, if any, then its tokens, as generation encodes an untemplated
+    prompt), then the separator."""
+    from smolmac.storage import tmp_name, writing
+
+    tmp = tmp_name(path)
+    n_tokens = n_docs = 0
+    try:
+        with writing(path, need, f"then run the command again (the cache in {path.parent} is rebuilt)"):
+            n_tokens, n_docs = _tokens_to(tmp, docs, hf, sep, dtype, bos)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n_tokens, n_docs
+
+
+def _tokens_to(tmp: Path, docs, hf, sep: int, dtype, bos: list[int] = ()) -> tuple[int, int]:
     n_tokens = n_docs = 0
     with tmp.open("wb") as f:
         chunk: list[str] = []
@@ -98,7 +113,7 @@ def _write_tokens(docs, hf, sep: int, path: Path, dtype, bos: list[int] = ()) ->
             for ids in hf(chunk, add_special_tokens=False)["input_ids"]:
                 ids = ids if not bos or ids[: len(bos)] == list(bos) else [*bos, *ids]
                 arr = np.asarray(ids + [sep], dtype=dtype)
-                arr.tofile(f)
+                f.write(arr.tobytes())  # not arr.tofile(f): numpy loses a full disk's error there
                 n_tokens += len(arr)
             chunk.clear()
 
@@ -110,8 +125,43 @@ def _write_tokens(docs, hf, sep: int, path: Path, dtype, bos: list[int] = ()) ->
                 flush()
         if chunk:
             flush()
-    tmp.replace(path)
+        f.flush()
+        os.fsync(f.fileno())
+    size, expected = tmp.stat().st_size, n_tokens * np.dtype(dtype).itemsize
+    if size != expected:  # a short write that no call reported: never keep a truncated cache
+        raise OSError(f"wrote {size} of {expected} bytes")
     return n_tokens, n_docs
+
+
+def _cached(out: Path, key: dict, dtype) -> dict | None:
+    """The cache's meta when it is whole: meta.json parses, was made for this data and
+    tokenizer, and each .bin holds exactly the tokens it records (a kill or a full disk can
+    leave a 0-byte meta.json or a truncated train.bin: those are rebuilt)."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None
+    itemsize = np.dtype(dtype).itemsize
+    for split in ("train", "valid"):
+        n = meta.get(f"{split}_tokens")
+        if not isinstance(n, int) or n < 0:
+            return None
+        path = out / f"{split}.bin"
+        if (n or split == "train") and (not path.is_file() or path.stat().st_size != n * itemsize):
+            return None
+    return meta
+
+
+def _source_bytes(spec) -> int | None:
+    """Bytes of a local corpus (a file or folder), to say how much room its tokens need."""
+    from smolmac.storage import dir_size
+
+    p = Path(str(spec)).expanduser()
+    if p.is_file():
+        return p.stat().st_size
+    return dir_size(p) if p.is_dir() else None
 
 
 def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | None, dict]:
@@ -143,11 +193,18 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
         key["budget"] = cfg.train.steps * cfg.train.grad_accum * cfg.train.batch_size * cfg.train.max_seq_len + 1
     out = Path(run_dir) / "tokens"
     meta_path = out / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key:
-            return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if meta["valid_tokens"] else None), meta
-    out.mkdir(parents=True, exist_ok=True)
+    meta = _cached(out, key, dtype)
+    if meta is not None:
+        return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if meta["valid_tokens"] else None), meta
+    from smolmac.storage import atomic_write_text, writing
+
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)  # no meta until both files are whole again
+    itemsize = np.dtype(dtype).itemsize
+    # Upper bound of the token files' size: a byte-level tokenizer gives at most a token per byte.
+    src_bytes = _source_bytes(resolve_path(d.train)) if not streamed else key["budget"]
+    need = src_bytes * itemsize if src_bytes else None
     sep = _sep_id(hf)
     if streamed:
         docs = _budgeted(load_documents(train_spec, d, d.split, tokenizer, d.max_rows), hf, key["budget"])
@@ -165,14 +222,14 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
         valid_docs = load_documents(d.valid, d, d.valid_split or d.split, tokenizer)
     elif d.valid_split and valid_docs is None:
         valid_docs = load_documents(d.train, d, d.valid_split, tokenizer)
-    n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype, bos)
+    n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype, need, bos)
     n_valid = docs_valid = 0
     if valid_docs is not None:
         # the validation documents are also kept as text rows: a pipeline's later stages measure
         # forgetting on them (their eval.retain, see smolmac/pipeline.py)
-        n_valid, docs_valid = _write_tokens(_kept_as_rows(valid_docs, out / "valid.jsonl"), hf, sep, out / "valid.bin", dtype, bos)
+        n_valid, docs_valid = _write_tokens(_kept_as_rows(valid_docs, out / "valid.jsonl"), hf, sep, out / "valid.bin", dtype, need, bos)
     meta = {"key": key, "train_tokens": n_train, "valid_tokens": n_valid, "train_docs": docs_train, "valid_docs": docs_valid, "sep_id": sep}
-    meta_path.write_text(json.dumps(meta, indent=2))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2), then="then run the command again")
     return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if n_valid else None), meta
 
 

@@ -20,6 +20,7 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Static
 
 from smolmac.events import EventTail
 from smolmac.launcher import CRASHED, last_log_line
+from smolmac.storage import lock_owner
 from smolmac.tui.i18n import t
 from smolmac.tui.view import RunView, fmt_duration, group_label, status_text
 from smolmac.tui.widgets.loss_chart import LossChart
@@ -96,7 +97,10 @@ class DashboardScreen(Screen):
 
     @property
     def status(self) -> str:
-        return "failed" if self.crashed else self.view.status
+        status = "failed" if self.crashed else self.view.status
+        if status in ("stopped", "failed") and lock_owner(self.run_dir) is not None:
+            return "running"  # resumed (from the CLI too) and not reported yet
+        return status
 
     def render_view(self) -> None:
         v = self.view
@@ -160,6 +164,10 @@ class DashboardScreen(Screen):
             self.notify(t("{name} is not running.", name=self.process_dir.name), severity="warning")
 
     def action_resume(self) -> None:
+        if self.app.launcher.alive(self.run_dir):
+            pid = lock_owner(self.run_dir)
+            self.app.show_error(t("{name} is still being trained by process {pid}; stop it (s) or wait for it to finish before resuming.", name=self.run_dir.name, pid=pid or "?"))
+            return
         if self.status not in ("stopped", "failed"):
             self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=self.run_dir.name, status=t(self.status)))
             return

@@ -245,6 +245,9 @@ class RunsScreen(Screen):
         if not row:
             return
         top = row.top  # a stage resumes its pipeline, which continues at the unfinished stage
+        if top.get("alive"):
+            self.app.show_error(t("{name} is still being trained by process {pid}; stop it (s) or wait for it to finish before resuming.", name=top["name"], pid=top.get("pid") or "?"))
+            return
         if top["status"] not in ("stopped", "failed"):
             self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=top["name"], status=t(top["status"])))
             return
