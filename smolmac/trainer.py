@@ -187,6 +187,7 @@ def train(
     stream = batches.stream(pos.micro, (group.rank, world)) if world > 1 else batches.stream(pos.micro)
     window_loss, window_weight, window_tokens, window_time, window_metrics = 0.0, 0.0, 0, 0.0, {}
     window_steps = 0
+    shapes: set = set()  # distinct micro-batch shapes: each costs one compilation of the step
     stopped = False
     while pos.step < total_steps:
         tic = time.perf_counter()
@@ -196,6 +197,7 @@ def train(
             arrays, ntok = next(stream)
             mx.random.seed((seed * 1_000_003 + pos.micro) * world + group.rank)
             arrays = [mx.array(a) for a in arrays]
+            shapes.add(tuple(a.shape for a in arrays))
             if one_step:
                 loss, weight, metrics = step(*arrays)
             else:
@@ -239,7 +241,8 @@ def train(
                 tokens_per_second=round(window_tokens / max(window_time, 1e-9), 1),
                 trained_tokens=pos.trained_tokens, peak_memory_gb=round(_memory_gb(), 4),
                 elapsed_s=round(pos.elapsed_s, 2), eta_s=round(per_step * (total_steps - pos.step), 1),
-                extra={**{k: round(v / window_steps, 6) for k, v in window_metrics.items()}, "world_size": world},
+                extra={**{k: round(v / window_steps, 6) for k, v in window_metrics.items()}, "world_size": world,
+                       "batch_shapes": len(shapes)},
             ))
             window_loss, window_weight, window_tokens, window_time, window_metrics, window_steps = 0.0, 0.0, 0, 0.0, {}, 0
         if world == 1:  # (the report may have asked for it)
