@@ -26,6 +26,9 @@ SIZES = {
     "tiny": ({"preset": "micro"}, 2048),
     "135m": ({"preset": "smollm2-135m"}, 49152),
 }
+# chat rows in the sft benchmark: 12 batches of 8 per epoch, so the first half of the default
+# run covers every batch (every shape) twice before the steady state is measured
+ROWS = 96
 WORDS = "the a cat dog sat ran on in park tree green blue one two three four five six seven eight nine ten".split()
 
 
@@ -48,7 +51,7 @@ def make_fixture(root: Path, size: str) -> tuple[Path, Path]:
     from smolmac.tokenizer import train_tokenizer
 
     spec, vocab = SIZES[size]
-    rows = chat_rows(256)
+    rows = chat_rows(ROWS)
     texts = [m["content"] for r in rows for m in r["messages"]] + [" ".join(WORDS)] * 10
     # a word-level corpus cannot fill a 49k vocab: pad the spec's vocab_size instead
     tok = train_tokenizer(texts, root / "tok", vocab_size=300, source="bench corpus")
@@ -212,14 +215,14 @@ def bench_sft(size: str = "tiny", steps: int | None = None, batch_size: int = 8,
 
     Throughput is the steady state: trained (non-pad) tokens over wall-clock seconds of the
     second half of the run, when both systems have compiled their batch shapes (the default
-    step counts make the first half longer than an epoch of the 256 rows). The first half's
+    step counts make the first half two epochs of the ROWS rows at batch 8). The first half's
     time is reported separately, with the number of distinct batch shapes each compiled. Model
     FLOPs/s and MFU (LoRA: 4N + attention FLOPs per token) are against a float32 matmul peak
     measured here, before the runs.
     """
     from smolmac.flops import flops_per_token, mfu, peak_flops
 
-    steps = steps or (80 if size == "tiny" else 40)
+    steps = steps or 48
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model, data = make_fixture(root, size)
