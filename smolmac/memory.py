@@ -231,7 +231,7 @@ def _suggest(cfg, mc: dict, budget: float, seq_len: int | None) -> list[tuple[st
 
 # (a sentence with placeholders, like SUGGESTIONS: the app translates it)
 AUTO_PLAN = ("batch_size auto: {b} rows per micro-batch x {a} accumulated, gradient checkpointing {ckpt}; "
-             "predicted peak {gb:.2f} GB of {budget:.1f} GB, about {tps:,.0f} tokens/s at full-length rows")
+             "predicted peak {gb:.3g} GB of {budget:.3g} GB, about {tps:,.0f} tokens/s at full-length rows")
 MARGIN = 0.15  # the estimate must fit with this much to spare (its worst in-sample error: 14.3%)
 DEFAULT_EFFECTIVE_BATCH = 16
 # The step-time model, fitted to smolmac's compiled LoRA step on this repository's CPU

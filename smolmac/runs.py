@@ -132,7 +132,7 @@ def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
         v = verdict(cfg, model_config, seq_len=seq_len)
     except KeyError:  # a config without the usual Llama-style keys: no estimate
         return {}
-    plan = {"params": v.params, "memory_estimate_gb": round(v.total_gb, 3), "memory_budget_gb": round(v.budget_gb, 1)}
+    plan = {"params": v.params, "memory_estimate_gb": round(v.total_gb, 3), "memory_budget_gb": round(v.budget_gb, 3)}
     if not v.fits and not cfg.train.grad_checkpoint:
         cfg.train.grad_checkpoint = True
         checkpointed = verdict(cfg, model_config, seq_len=seq_len)
