@@ -132,14 +132,17 @@ def exact_match(model, tokenizer, rows: list[dict], max_tokens: int = 16, return
     return (score, answers) if return_answers else score
 
 
-def preference_accuracy(model, tokenizer, rows: list[dict]) -> float:
-    """Fraction of pairs where the model gives the chosen answer a higher summed log-prob than the
-    rejected one (reference-free: comparable before and after alignment)."""
+def preference_scores(model, tokenizer, rows: list[dict]) -> dict:
+    """How much the model prefers the chosen answers of held-out pairs, reference-free (comparable
+    before and after alignment): `preference_accuracy`, the fraction of pairs whose chosen answer
+    has the higher summed log-prob, and `preference_margin`, the mean of chosen minus rejected
+    summed log-probs in nats (continuous: it moves even when few pairs change side).
+    """
     from smolmac.data import tokenize_chat
     from smolmac.losses import token_logps
 
     model.eval()
-    wins = 0
+    gaps = []
     for row in rows:
         exs = [tokenize_chat(tokenizer, [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row[k]}], "eval")
                for k in ("chosen", "rejected")]
@@ -151,12 +154,13 @@ def preference_accuracy(model, tokenizer, rows: list[dict]) -> float:
             mask[b, : len(e.tokens) - 1] = e.mask[1:]
         logps = token_logps(model(mx.array(toks[:, :-1])), mx.array(toks[:, 1:]))  # (2, L)
         chosen, rejected = (logps * mx.array(mask)).sum(axis=1).tolist()
-        wins += chosen > rejected
-    return wins / max(len(rows), 1)
+        gaps.append(chosen - rejected)
+    n = max(len(gaps), 1)
+    return {"preference_accuracy": sum(g > 0 for g in gaps) / n, "preference_margin": sum(gaps) / n}
 
 
 def stage_metrics(cfg, model_ref: str, adapter: str | None = None) -> tuple[dict, list]:
-    """Exact match (eval.exact_match) and preference accuracy (eval.preference) of a model."""
+    """Exact match (eval.exact_match), preference accuracy and margin (eval.preference) of a model."""
     from smolmac.generate import load_for_generation
 
     if not (cfg.eval.exact_match or cfg.eval.preference):
@@ -168,5 +172,5 @@ def stage_metrics(cfg, model_ref: str, adapter: str | None = None) -> tuple[dict
         out["exact_match"], answers = exact_match(model, tokenizer, rows, return_answers=True)
         examples = [{"prompt": r["prompt"], "answer": a, "expected": r["completion"]} for r, a in list(zip(rows, answers))[:4]]
     if cfg.eval.preference:
-        out["preference_accuracy"] = preference_accuracy(model, tokenizer, load_eval_rows(cfg.eval.preference, "pairs"))
+        out.update(preference_scores(model, tokenizer, load_eval_rows(cfg.eval.preference, "pairs")))
     return out, examples

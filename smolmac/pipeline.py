@@ -74,6 +74,7 @@ def _fmt(key: str, value) -> str:
 
 
 LABELS = {"val_ppl": "val perplexity", "exact_match": "exact match", "preference_accuracy": "preference accuracy",
+          "preference_margin": "margin (nats)",
           "vocab_size": "vocab", "chars_per_token": "chars/token"}
 
 
@@ -382,7 +383,7 @@ def _metrics_after(scfg: Config, sub: Path, model, adapter, cache: dict) -> tupl
 
 def _combine(scfg: Config, sub: Path, before: dict, after: dict) -> dict:
     """Per-method rows of the table: tokenizer (vocab, chars/token), pretrain (val perplexity
-    before -> after), sft (exact match), dpo/orpo (preference accuracy, exact match)."""
+    before -> after), sft (exact match), dpo/orpo (preference accuracy and margin, exact match)."""
     events = ev.read_events(sub / "events.jsonl")
     done = events[-1] if events else {}
     if scfg.method == "tokenizer":
@@ -397,9 +398,9 @@ def _combine(scfg: Config, sub: Path, before: dict, after: dict) -> dict:
         if "exact_match" in after:  # a pretrained model is not expected to answer yet
             out["exact_match"] = after["exact_match"]
         return out
-    keys = [k for k in ("preference_accuracy", "exact_match") if k in after]
+    keys = [k for k in ("preference_accuracy", "preference_margin", "exact_match") if k in after]
     if scfg.method == "sft":
-        keys = [k for k in keys if k != "preference_accuracy"]
+        keys = ["exact_match"] if "exact_match" in after else []
     out.update(_before_after(before, {k: after[k] for k in keys}))
     if not out:
         last = next((e for e in reversed(events) if e["type"] == "eval"), {})

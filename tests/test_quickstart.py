@@ -35,8 +35,11 @@ def test_quickstart_every_stage_improves(quickstart):
     assert ppl["after"] < ppl["before"] / 20  # from ~vocab size (uniform) to a few
     em = metrics["sft"]["exact_match"]
     assert em["before"] == 0.0 and em["after"] >= 0.3  # held-out questions; chance is ~1/19
-    pref, em2 = metrics["orpo"]["preference_accuracy"], metrics["orpo"]["exact_match"]
-    assert pref["after"] > pref["before"] and em2["after"] > em2["before"]
+    orpo = metrics["orpo"]
+    pref, margin, em2 = orpo["preference_accuracy"], orpo["preference_margin"], orpo["exact_match"]
+    # Held-out pairs prefer the right answer by more (31 pairs: the accuracy is coarse, the mean
+    # log-prob margin is not), and the answers get better.
+    assert margin["after"] > margin["before"] and pref["after"] >= pref["before"] and em2["after"] > em2["before"]
     assert em2["before"] == em["after"]  # the same model, measured once
     final = quickstart.model_path
     assert final == quickstart.dir / "4-orpo" / "model" and (final / "model.safetensors").is_file()

@@ -244,7 +244,7 @@ async def test_new_pipeline_stages_are_added_moved_checked_saved_and_started(tmp
         form.query_one("#recipe").value = next(v for label, v in form.query_one("#recipe")._options if label == "quickstart · pipeline")
         editor = form.query_one("#stages")
         await wait_for(pilot, lambda: [s["method"] for s in editor.stages] == ["tokenizer", "pretrain", "sft", "orpo"])
-        assert "pipeline of 4 stages" in str(form.query_one("#problem").render())
+        await wait_for(pilot, lambda: "pipeline of 4 stages" in str(form.query_one("#problem").render()))
 
         # From scratch: two stages on a model, edited, reordered, checked.
         form.query_one("#recipe").value = ""
@@ -258,7 +258,8 @@ async def test_new_pipeline_stages_are_added_moved_checked_saved_and_started(tmp
         keys = form.query_one("#stage-keys")
         keys.value = "{train: {stpes: 5}}"  # a typo: the stage's key is named inline
         await wait_for(pilot, lambda: "stages[2]" in str(form.query_one("#stage-problem").render()))
-        assert "unknown key 'stages[2].train.stpes'" in str(form.query_one("#stage-problem").render()) and "✗" in str(form.query_one("#problem").render())
+        assert "unknown key 'stages[2].train.stpes'" in str(form.query_one("#stage-problem").render())
+        await wait_for(pilot, lambda: "✗" in str(form.query_one("#problem").render()))
         keys.value = "{train: {steps: 5}, orpo: {beta: 0.2}}"
         await wait_for(pilot, lambda: "2 stages, each checked" in str(form.query_one("#stage-problem").render()))
         form.query_one("#stage-name").value = "align"
