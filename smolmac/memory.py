@@ -234,11 +234,14 @@ AUTO_PLAN = ("batch_size auto: {b} rows per micro-batch x {a} accumulated, gradi
              "predicted peak {gb:.3g} GB of {budget:.3g} GB, about {tps:,.0f} tokens/s at full-length rows")
 MARGIN = 0.15  # the estimate must fit with this much to spare (its worst in-sample error: 14.3%)
 DEFAULT_EFFECTIVE_BATCH = 16
-# The step-time model, fitted to smolmac's compiled LoRA step on this repository's CPU
-# (benchmarks/auto_batch.py): seconds = MICRO_OVERHEAD_S per micro-batch + model FLOPs /
-# (measured matmul peak * STEP_MFU). Checkpointing recomputes the forward pass (2N of the 4N
-# FLOPs per token with LoRA, of 6N when training every weight).
-STEP_MFU, MICRO_OVERHEAD_S = 0.2, 0.02
+# The step-time model: seconds = MICRO_OVERHEAD_S per micro-batch + model FLOPs / (measured
+# matmul peak * STEP_MFU); checkpointing recomputes the forward pass (2N of the 4N FLOPs per
+# token with LoRA, of 6N when training every weight). Fitted by `python benchmarks/auto_batch.py`
+# (micro preset, 16 rows of 256 tokens in micro-batches of 1-16, with and without checkpointing)
+# on a busy 2-core Linux CPU, MLX CPU backend + OpenBLAS, matmul peak 61 GFLOP/s at the time:
+# predicted tokens/s within -17%..+32% of measured. It ranks settings (larger micro-batches and no
+# recomputation are faster); its absolute tokens/s is this machine's.
+STEP_MFU, MICRO_OVERHEAD_S = 0.054, 0.69
 
 
 @dataclass
