@@ -6,8 +6,10 @@ process (so peak memory is its own):
     smolmac bench pretrain
 
 `sft` trains the same random-weight model on the same variable-length chat rows (short and long
-mixed) through smolmac and through `mlx_lm.tuner.train`, and reports real (non-pad) tokens per
-second and peak memory for both, and the ratios.
+mixed) through smolmac and through `mlx_lm.tuner.train`, and reports for both: real (non-pad)
+tokens per second at steady state (the second half of the run, every batch shape compiled), the
+time the first half took, how many distinct batch shapes each compiled, model GFLOP/s and MFU
+against a float32 matmul peak measured in the same run, peak memory, and the ratios.
 """
 
 from __future__ import annotations
