@@ -3,8 +3,8 @@
     python benchmarks/profile_step.py                          # SmolLM2-135M shape, 49k vocab, B=4 x 256
     python benchmarks/profile_step.py micro 2048 8 256         # preset vocab batch seq
 
-Each part is its own compiled function on one fixed batch, timed as the best of `REPS` runs after
-a warm-up (compilation):
+Each part is its own compiled function on one fixed batch, timed as the best of `REPS` rounds
+after a warm-up (compilation), all parts and a 1024^3 fp32 matmul (the peak) once per round:
   step            value_and_grad of lm_loss w.r.t. the LoRA weights + AdamW (what the loop runs)
   body            the same without the head: loss = sum of the final hidden states
   attention       every block's self-attention alone, forward + backward (input gradient)
@@ -21,18 +21,22 @@ import time
 
 import smolmac  # noqa: F401  (first: it loads an optimised BLAS before MLX starts)
 
-REPS = 3
+REPS = 5
 
 
-def best(fn, *args) -> float:
+def best_of_rounds(parts: dict, rounds: int) -> dict:
+    """Best seconds of each `name: (fn, args)` over `rounds` rounds, every part once per round
+    (interleaved, so a busy moment of a shared machine does not fall on one part only)."""
     import mlx.core as mx
 
-    mx.eval(fn(*args))  # compile
-    out = float("inf")
-    for _ in range(REPS):
-        tic = time.perf_counter()
-        mx.eval(fn(*args))
-        out = min(out, time.perf_counter() - tic)
+    for fn, args in parts.values():
+        mx.eval(fn(*args))  # compile
+    out = dict.fromkeys(parts, float("inf"))
+    for _ in range(rounds):
+        for name, (fn, args) in parts.items():
+            tic = time.perf_counter()
+            mx.eval(fn(*args))
+            out[name] = min(out[name], time.perf_counter() - tic)
     return out
 
 
@@ -45,7 +49,7 @@ def main(preset="smollm2-135m", vocab=49152, batch=4, seq=256):
     from mlx_lm.models import llama
 
     from smolmac.config import LoraConfig, TrainConfig
-    from smolmac.flops import flops_per_token, peak_flops
+    from smolmac.flops import flops_per_token
     from smolmac.lora import apply_lora
     from smolmac.losses import hidden_states, lm_loss
     from smolmac.models import preset_config
@@ -95,14 +99,18 @@ def main(preset="smollm2-135m", vocab=49152, batch=4, seq=256):
         return opt2.apply_gradients(g, params)
 
     del layer
-    parts = {
-        "step": best(mx.compile(step, inputs=state, outputs=state), inputs, targets, mask),
-        "body": best(mx.compile(lambda i: bg(model, i)), inputs),
-        "attention": best(mx.compile(mx.value_and_grad(attn)), h),
-        "mlp": best(mx.compile(mx.value_and_grad(mlp)), h),
-        "frozen body": best(mx.compile(mx.value_and_grad(frozen)), h),
-        "optimizer": best(mx.compile(adam), grads),
-    }
+    n = 1024  # the matmul peak, timed in the same rounds (smolmac.flops.peak_flops does it once)
+    a = mx.random.normal((n, n))
+    parts = best_of_rounds({
+        "step": (mx.compile(step, inputs=state, outputs=state), (inputs, targets, mask)),
+        "body": (mx.compile(lambda i: bg(model, i)), (inputs,)),
+        "attention": (mx.compile(mx.value_and_grad(attn)), (h,)),
+        "mlp": (mx.compile(mx.value_and_grad(mlp)), (h,)),
+        "frozen body": (mx.compile(mx.value_and_grad(frozen)), (h,)),
+        "optimizer": (mx.compile(adam), (grads,)),
+        "matmul 1024^3": (lambda m: m @ m, (a,)),
+    }, REPS)
+    peak = 2 * n**3 / parts.pop("matmul 1024^3")
     stamps = []
 
     class Stream:  # the loop on the same numpy batch: its own host work included
@@ -118,7 +126,6 @@ def main(preset="smollm2-135m", vocab=49152, batch=4, seq=256):
     derived = {"head + cross-entropy": p["step"] - p["body"] - p["optimizer"], "LoRA (body - frozen body)": p["body"] - p["frozen body"],
                "host (loop - step)": p["loop"] - p["step"]}
     tokens = batch * seq
-    peak = peak_flops("float32")
     fpt = flops_per_token(cfg, seq, 0.0)
     print(f"{preset} vocab {vocab}, batch {batch} x {seq}, LoRA r8 all-linear, float32; matmul peak {peak / 1e9:.0f} GFLOP/s")
     for name, sec in {**parts, **derived}.items():
