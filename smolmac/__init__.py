@@ -7,9 +7,9 @@
     smolmac.export(run.dir, format="peft", to="out/mine-peft")
 
 One function per CLI command (smolmac/api.py): train, load (generate), export, upload, combine
-(adapters combine), runs, read_run, bench, recipes, inspect. Importing smolmac is cheap and loads
-neither MLX nor the UI; the optimised BLAS is loaded first so that any later `import mlx.core` in this process uses
-it (see smolmac/_blas.py).
+(adapters combine), runs, read_run, bench, evaluate (eval), recipes, inspect. Importing smolmac is
+cheap and loads neither MLX nor the UI; the optimised BLAS is loaded first so that any later
+`import mlx.core` in this process uses it (see smolmac/_blas.py).
 
 `smolmac.runs`, `smolmac.export`, `smolmac.bench` and `smolmac.recipes` are also the engine's
 modules of those names (`from smolmac import runs` keeps working; smolmac.recipes holds the shipped
@@ -31,13 +31,13 @@ _blas.load()
 
 from smolmac._version import __version__  # noqa: E402, F401
 
-__all__ = ["train", "load", "export", "upload", "combine", "runs", "read_run", "bench", "load_recipe", "Run", "UserError"]
+__all__ = ["train", "load", "export", "upload", "combine", "runs", "read_run", "bench", "evaluate", "load_recipe", "Run", "UserError"]
 __all__ += ["recipes", "inspect"]  # the app's workshop: shipped recipes by name, looking inside models
 
 # name -> "module:attribute", imported on first use (keeps `import smolmac` free of mlx/datasets)
 _LAZY = {
     "train": "smolmac.api:train", "load": "smolmac.api:load", "upload": "smolmac.api:upload",
-    "combine": "smolmac.api:combine", "read_run": "smolmac.api:read_run",
+    "combine": "smolmac.api:combine", "read_run": "smolmac.api:read_run", "evaluate": "smolmac.api:evaluate",
     "Run": "smolmac.runs:Run", "load_recipe": "smolmac.config:load_recipe", "UserError": "smolmac.errors:UserError",
 }
 _LAZY["inspect"] = "smolmac.api:inspect"

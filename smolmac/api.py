@@ -15,7 +15,7 @@ from pathlib import Path
 from smolmac.config import Config, load_recipe
 from smolmac.runs import Run, default_run_dir, read_config, run_training
 
-__all__ = ["train", "run", "load", "export", "upload", "combine", "runs", "read_run", "bench"]
+__all__ = ["train", "run", "load", "export", "upload", "combine", "runs", "read_run", "bench", "evaluate"]
 __all__ += ["recipes", "inspect"]
 
 
@@ -194,30 +194,85 @@ def read_run(run_dir: str | Path) -> Run:
                stopped=bool(done and done.get("stopped")))
 
 
-def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out=None, on_message=None) -> dict:
-    """`smolmac bench`: "sft" (vs mlx-lm), "dpo" (vs SFT) or "pretrain" (MFU); returns the results.
+def evaluate(base: str | None = None, adapters=None, tasks=None, limit=None, include_path=None, batch_size: int = 8,
+             dtype: str = "auto", num_fewshot: int | None = None, chat_template: bool = False, out=None, on_message=None) -> dict:
+    """`smolmac eval`: EleutherAI's lm-evaluation-harness tasks on a base model and on each adapter,
+    the base loaded once and the adapters switched on it (smolmac/harness.py); needs the optional
+    extra `pip install 'smolmac[eval]'`.
 
     Args:
-        what: "sft", "dpo" or "pretrain".
-        size: "tiny" or "135m" (135m needs a GPU or a Mac).
+        base: Hub id or model directory (None: the base the first adapter records).
+        adapters: {name: RUN_OR_ADAPTER_DIR} or a list of "NAME=DIR" strings.
+        tasks: lm-eval task (or group) names, a list or "t1,t2".
+        limit: at most this many documents per task (a float below 1: that fraction).
+        include_path: a folder (or YAML file) of your own lm-eval tasks.
+        batch_size: rows per forward pass.
+        dtype: "auto" (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16, bfloat16.
+        num_fewshot: few-shot examples per prompt (default: each task's).
+        chat_template: render prompts with the tokenizer's chat template.
+        out: also write the scores and lm-eval's results as JSON here.
+        on_message: receives progress lines and the table.
+    Returns:
+        {"scores": {task: {metric: {column: value}}}, "columns": ["base", *adapters], "table": str,
+        "results": {column: lm-eval's results}}.
+    """
+    import importlib.util
+    import json
+    import os
+
+    from smolmac.adapters import parse_adapter_specs
+    from smolmac.errors import UserError
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("eval: lm-evaluation-harness is not installed; pip install 'smolmac[eval]' (or lm-eval).")
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks or []) if t and t.strip()]
+    if not names:
+        raise UserError("--tasks: give at least one lm-eval task, e.g. --tasks arc_easy,hellaswag.")
+    if limit is not None and (float(limit) <= 0 or (float(limit) >= 1 and not float(limit).is_integer())):
+        raise UserError(f"--limit: {limit} is not a number of documents (a whole number) or a fraction below 1.")
+    limit = None if limit is None else (int(limit) if float(limit) >= 1 else float(limit))
+    if isinstance(adapters, (str, Path)):
+        adapters = [adapters]
+    specs = dict(adapters) if isinstance(adapters, dict) else parse_adapter_specs([str(a) for a in adapters or []])
+    from smolmac.harness import evaluate_adapters
+
+    res = evaluate_adapters(base, specs, names, limit=limit, include_path=include_path, batch_size=batch_size, dtype=dtype,
+                            num_fewshot=num_fewshot, chat_template=chat_template, on_message=on_message)
+    if out:
+        tmp = Path(f"{out}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(res, indent=2, default=str))
+        tmp.replace(out)
+    return res
+
+
+def bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out=None, on_message=None, work=None) -> dict:
+    """`smolmac bench`: "sft" (vs mlx-lm), "dpo" (vs SFT), "pretrain" (MFU) or "forgetting" (LoRA
+    vs full fine-tuning: task score and retain perplexity); returns the results.
+
+    Args:
+        what: "sft", "dpo", "pretrain" or "forgetting".
+        size: "tiny" or "135m" (135m needs a GPU or a Mac; forgetting: tiny only).
         steps: measured steps per system (default: the benchmark's).
-        batch_size: rows per batch.
+        batch_size: rows per batch (not forgetting: it uses the quickstart's 16).
         out: also write the results as JSON here.
         on_message: receives the printed table lines.
+        work: forgetting: keep the pretrained model and the runs in this folder (reused later).
     """
     from smolmac.bench import SIZES, run_bench
     from smolmac.errors import UserError
 
-    if what not in ("sft", "dpo", "pretrain"):
-        raise UserError(f"bench: '{what}' is not a benchmark; choose sft, dpo or pretrain.")
+    if what not in ("sft", "dpo", "pretrain", "forgetting"):
+        raise UserError(f"bench: '{what}' is not a benchmark; choose sft, dpo, pretrain or forgetting.")
     if size not in SIZES:
         raise UserError(f"bench: size '{size}' is unknown; choose {' or '.join(SIZES)}.")
+    if what == "forgetting" and size != "tiny":  # its models are the quickstart's micro Llama
+        raise UserError(f"bench forgetting: --size {size} is not available; it trains the quickstart's tiny model (drop --size).")
     if out is not None:  # checked before minutes of benchmarking, not when writing the results
         if Path(out).is_dir():
             raise UserError(f"--out: {out} is a directory; give a file name such as {Path(out) / 'bench.json'}.")
         if not Path(out).parent.is_dir():
             raise UserError(f"--out: the folder {Path(out).parent} does not exist; create it or write the results elsewhere.")
-    return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None))
+    return run_bench(what, size=size, steps=steps, batch_size=batch_size, out=out, on_message=on_message or (lambda _m: None), work=work)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ process (so peak memory is its own):
     smolmac bench sft [--size tiny|135m] [--steps N] [--batch-size B] [--out results.json]
     smolmac bench dpo
     smolmac bench pretrain
+    smolmac bench forgetting [--steps 300] [--work DIR]   # LoRA vs full: task score, retain ppl
 
 `sft` trains the same random-weight model on the same variable-length chat rows (short and long
 mixed) through smolmac and through `mlx_lm.tuner.train`, and reports for both: real (non-pad)
@@ -28,9 +29,7 @@ SIZES = {
     "tiny": ({"preset": "micro"}, 2048),
     "135m": ({"preset": "smollm2-135m"}, 49152),
 }
-# chat rows in the sft benchmark: 12 batches of 8 per epoch, so the first half of the default
-# run covers every batch (every shape) twice before the steady state is measured
-ROWS = 96
+ROWS = 96  # sft chat rows: 12 batches of 8, so the first 24 steps see every batch shape twice
 WORDS = "the a cat dog sat ran on in park tree green blue one two three four five six seven eight nine ten".split()
 
 
@@ -126,8 +125,7 @@ def _worker_mlx_lm(model: str, data: str, steps: int, batch: int, out: str) -> d
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     mlx_trainer.train(m, optim.AdamW(learning_rate=1e-4), ds, None, args, iterate_batches=batches, training_callback=CB())
-    own = 0.0
-    out_steps = []
+    own, out_steps = 0.0, []
     for r in reports:  # its own clock: each report's step time is 1 / iterations_per_second
         own += 1 / r["iterations_per_second"]
         out_steps.append({"t": r["t"] - t0, "tokens": r["trained_tokens"], "own_s": own, "loss": r["train_loss"]})
@@ -472,9 +470,14 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {dev}, mlx {mx.__version__}"
 
 
-def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out: str | None = None, on_message=print) -> dict:
-    """Run one benchmark, print a table, optionally save JSON."""
-    if what == "sft":
+def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_size: int = 8, out: str | None = None, on_message=print,
+              work: str | None = None) -> dict:
+    """Run one benchmark, print a table, optionally save JSON (`work`: forgetting's folder)."""
+    if what == "forgetting":  # LoRA vs full fine-tuning: task score and retain perplexity (smolmac/forgetting.py)
+        from smolmac.forgetting import bench_forgetting
+
+        res = bench_forgetting(steps=steps, work=work, on_message=on_message)
+    elif what == "sft":
         res = bench_sft(size, steps, batch_size, on_message)
         print_sft(res, on_message)
     elif what == "dpo":

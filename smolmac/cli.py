@@ -12,7 +12,8 @@
     smolmac export runs/x --format gguf|gguf-lora --to out/x.gguf [--dtype f16] [--quantize q4_0]
     smolmac adapters combine runs/a runs/b --weights 0.7,0.3 --method linear|cat|svd [--rank R] --to out/
     smolmac upload out/ --repo you/name [--private] [--dry-run]
-    smolmac bench sft|dpo|pretrain
+    smolmac bench sft|dpo|pretrain|forgetting
+    smolmac eval BASE --adapter math=runs/a --tasks arc_easy,hellaswag [--limit N]
     smolmac runs                             # list runs (a pipeline with its stages)
     smolmac recipes                          # the recipes `smolmac train NAME` finds
     smolmac inspect MODEL_OR_RUN [--tokens TEXT] [--neighbours TOKEN] [--json]
@@ -102,12 +103,25 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="Show the files and the model card; upload nothing (offline).")
     u.add_argument("--message", help="Commit message.")
 
-    b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain).")
-    b.add_argument("what", choices=["sft", "dpo", "pretrain"], help="Which benchmark.")
+    b = sub.add_parser("bench", help="Benchmarks: smolmac vs mlx-lm (sft), DPO vs SFT (dpo), pretraining MFU (pretrain), LoRA vs full forgetting (forgetting).")
+    b.add_argument("what", choices=["sft", "dpo", "pretrain", "forgetting"], help="Which benchmark.")
     b.add_argument("--size", default="tiny", choices=["tiny", "135m"], help="Model shape (135m needs a GPU or a Mac).")
     b.add_argument("--steps", type=_number(int, 1), default=None, help="Measured steps per system, >= 1.")
     b.add_argument("--batch-size", type=_number(int, 1), default=8, help="Batch size, >= 1 (default 8).")
     b.add_argument("--out", help="Write the results as JSON here.")
+    b.add_argument("--work", metavar="DIR", help="forgetting: keep the pretrained model and both runs here (a later call reuses them).")
+
+    ev = sub.add_parser("eval", help="lm-evaluation-harness tasks on a base and its adapters (one table).", description="Run EleutherAI's lm-evaluation-harness tasks on a base model and on each adapter, the base loaded once and the adapters switched on it; prints one table (task x base/adapters). Needs pip install 'smolmac[eval]'.")
+    ev.add_argument("base", nargs="?", help="Hub id or model directory (default: the base the first adapter records).")
+    ev.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR", help="A run dir, an mlx-lm or a PEFT adapter dir, optionally named (math=runs/a); repeatable.")
+    ev.add_argument("--tasks", required=True, help="lm-eval task or group names, comma-separated, e.g. arc_easy,hellaswag.")
+    ev.add_argument("--limit", type=float, help="At most N documents per task (a number below 1: that fraction).")
+    ev.add_argument("--include-path", help="A folder (or YAML file) with your own lm-eval task definitions.")
+    ev.add_argument("--num-fewshot", type=int, help="Few-shot examples per prompt (default: each task's).")
+    ev.add_argument("--batch-size", type=int, default=8, help="Rows per forward pass (default 8).")
+    ev.add_argument("--dtype", default="auto", help="auto (bfloat16 on Metal/CUDA, float32 on the CPU), float32, float16 or bfloat16.")
+    ev.add_argument("--chat-template", action="store_true", help="Render prompts with the tokenizer's chat template.")
+    ev.add_argument("--out", help="Also write the scores and lm-eval's full results as JSON here.")
 
     lc = sub.add_parser("launch-check", help="Check that every host of a hostfile can run a recipe data-parallel.")
     lc.add_argument("recipe", nargs="?", help="Recipe whose model and data paths every host must see.")
@@ -173,6 +187,7 @@ class ProgressView:
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.task = None
+        self.retain = [None, None]  # retain ppl at the run's start and at its last eval
 
     def __enter__(self):
         self.progress.start()
@@ -185,6 +200,7 @@ class ProgressView:
         kind = e["type"]
         log = self.progress.console.print
         if kind == "start":
+            self.retain = [e.get("retain_ppl"), None]
             if self.task is not None:
                 self.progress.remove_task(self.task)
             if e["method"] in ("pipeline", "tokenizer"):
@@ -203,9 +219,10 @@ class ProgressView:
             info = f"loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_second']:,.0f} tok/s  {e['peak_memory_gb']:.2f} GB"
             self.progress.update(self.task, completed=e["step"], info=info)
         elif kind == "eval":
+            self.retain[1] = e.get("retain_ppl", self.retain[1])
             extra = "  ".join(f"{k} {v:.4g}" for k, v in e.items() if k not in ("type", "step", "time", "val_loss", "val_ppl", "stage") and isinstance(v, (int, float)) and not isinstance(v, bool))
-            ppl = f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else ""
-            log(f"step {e['step']}: val loss {e['val_loss']:.4f}{ppl}  {extra}".rstrip())
+            val = f"val loss {e['val_loss']:.4f}" + (f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else "") + "  " if e.get("val_loss") is not None else ""
+            log(f"step {e['step']}: {val}{extra}".rstrip())
         elif kind == "warning":
             from rich.text import Text
 
@@ -217,10 +234,16 @@ class ProgressView:
         elif kind == "metrics":
             from smolmac.pipeline import stage_rows
 
-            log(f"[bold]{e['stage']}-{e['name']}[/]: {stage_rows([e])[0]['learned']}")
+            row = stage_rows([e])[0]
+            log(f"[bold]{e['stage']}-{e['name']}[/]: {row['learned']}" + (f"; kept: retain ppl {row['kept']}" if row["kept"] else ""))
         elif kind == "stage" and e.get("status") not in ("finished",):
             log(f"[bold]stage {e['stage']}-{e['name']}[/] ({e['method']}): {e['status']}")
         elif kind == "done":
+            if None not in self.retain:  # what the run cost the retain set (eval.retain)
+                from smolmac.evaluation import retain_text
+
+                log(retain_text(*self.retain))
+            self.retain = [None, None]
             log(("[yellow]stopped[/] at step {step}; continue with `smolmac train --resume {dir}`" if e.get("stopped") else "[green]done[/] → {out}").format(step=e["step"], dir=Path(e["output"]).parent.parent if e.get("stopped") else "", out=e["output"]))
 
 
@@ -313,7 +336,7 @@ def cmd_train(args) -> int:
         if cfg.stages:
             from smolmac.pipeline import format_stage_table
 
-            view.console.print(format_stage_table(run_dir), highlight=False)
+            view.console.print(format_stage_table(run_dir), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -379,7 +402,15 @@ def cmd_adapters(args) -> int:
 def cmd_bench(args) -> int:
     from smolmac import api
 
-    api.bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print)
+    api.bench(args.what, size=args.size, steps=args.steps, batch_size=args.batch_size, out=args.out, on_message=print, work=args.work)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from smolmac import api
+
+    api.evaluate(args.base, args.adapter, args.tasks, limit=args.limit, include_path=args.include_path, batch_size=args.batch_size,
+                 dtype=args.dtype, num_fewshot=args.num_fewshot, chat_template=args.chat_template, out=args.out, on_message=print)
     return 0
 
 
@@ -452,8 +483,8 @@ def cmd_tui(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export, "upload": cmd_upload, "adapters": cmd_adapters,
-            "bench": cmd_bench, "launch-check": cmd_launch_check, "runs": cmd_runs, "recipes": cmd_recipes, "inspect": cmd_inspect,
-            "tui": cmd_tui, None: cmd_tui}
+            "bench": cmd_bench, "eval": cmd_eval, "launch-check": cmd_launch_check, "runs": cmd_runs, "recipes": cmd_recipes,
+            "inspect": cmd_inspect, "tui": cmd_tui, None: cmd_tui}
 
 
 def main(argv=None) -> int:

@@ -119,8 +119,10 @@ class EvalConfig:
     batches: int = _f(-1, "Validation batches per evaluation; -1 = the whole validation set.", range=at_least(1, also=(-1,)))
     prompts: list = _f([], "Fixed prompts for greedy samples at each evaluation.", check=check_prompts, valid="a list of strings")
     max_tokens: int = _f(48, "Tokens generated per sample.", range=at_least(1))
-    exact_match: str | None = _f(None, "Held-out {prompt, completion} jsonl: greedy answers are scored by exact match before and after each pipeline stage.", check=check_not_empty)
+    exact_match: str | None = _f(None, "Held-out {prompt, completion} jsonl: greedy answers are scored by exact match at every evaluation of sft/dpo/orpo runs and before and after each pipeline stage.", check=check_not_empty)
     preference: str | None = _f(None, "Held-out {prompt, chosen, rejected} jsonl: preference accuracy (chosen more likely than rejected) before and after a dpo/orpo stage.", check=check_not_empty)
+    retain: str | None = _f(None, "General data the model should keep knowing (text or chat rows: a file, folder or Hub dataset id): sft/dpo/orpo runs report its loss and perplexity (retain_loss, retain_ppl) at the start and at every evaluation. In a pipeline, the pretraining stage's validation text by default.", check=check_not_empty)
+    retain_rows: int = _f(256, "At most this many rows of eval.retain are scored.", range=at_least(1))
 
 
 @dataclass

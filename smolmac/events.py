@@ -58,19 +58,18 @@ class Train(Event):
 
 @dataclass
 class Eval(Event):
-    """Validation: `val_loss` (the method's loss), `val_ppl` for language-modelling losses only
-    (absent for DPO/ORPO, whose eval_rewards/* metrics say how the preference is learned)."""
+    """Validation: `val_loss` (the method's loss; absent without validation data), `val_ppl` for
+    language-modelling losses only (absent for DPO/ORPO, whose eval_rewards/* metrics say how the
+    preference is learned), and retain_loss / retain_ppl when the run measures forgetting
+    (eval.retain)."""
 
-    val_loss: float
+    val_loss: float | None = None
     val_ppl: float | None = None
     extra: dict = field(default_factory=dict)
     type = "eval"
 
     def to_dict(self) -> dict:
-        d = super().to_dict()
-        if d.get("val_ppl") is None:
-            d.pop("val_ppl", None)
-        return d
+        return {k: v for k, v in super().to_dict().items() if v is not None or k not in ("val_loss", "val_ppl")}
 
 
 @dataclass

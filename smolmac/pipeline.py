@@ -10,7 +10,9 @@ Each stage is a partial recipe applied over the top-level keys (the shared defau
 
 Chaining: a tokenizer stage's `tokenizer/` becomes the next stages' `tokenizer.path`; a
 pretrain or full fine-tuning stage's `model/` becomes the next `model`; a LoRA stage's adapter is
-fused into `<i>-<name>/fused/` for the next stage. Resume (`--resume`) skips finished stages and
+fused into `<i>-<name>/fused/` for the next stage; a pretrain stage's validation text
+(`tokens/valid.jsonl`) becomes the later stages' `eval.retain` unless the recipe sets one, so the
+table says how much of it each later stage kept. Resume (`--resume`) skips finished stages and
 continues the unfinished one from its last checkpoint.
 """
 
@@ -79,16 +81,19 @@ LABELS = {"val_ppl": "val perplexity", "exact_match": "exact match", "preference
 
 
 def stage_rows(events: list[dict]) -> list[dict]:
-    """One row per stage from pipeline events: stage, method, time, learned (text)."""
+    """One row per stage from pipeline events: stage, method, time, learned (text), kept (the
+    retain perplexity before -> after, "" when the stage measured none)."""
     rows: dict[int, dict] = {}
     for e in events:
+        if e["type"] not in ("stage", "metrics"):
+            continue
+        row = rows.setdefault(e["stage"], {"stage": f"{e['stage']}-{e['name']}", "method": e["method"], "time_s": None, "learned": "", "kept": ""})
         if e["type"] == "stage":
-            row = rows.setdefault(e["stage"], {"stage": f"{e['stage']}-{e['name']}", "method": e["method"], "time_s": None, "learned": ""})
             if e["status"] == "finished":
                 row["time_s"] = e["elapsed_s"]
-        elif e["type"] == "metrics":
-            row = rows.setdefault(e["stage"], {"stage": f"{e['stage']}-{e['name']}", "method": e["method"], "time_s": None, "learned": ""})
+        else:
             row["learned"] = ", ".join(learned_parts(e["metrics"]))
+            row["kept"] = kept_text(e["metrics"])
     return [rows[k] for k in sorted(rows)]
 
 
@@ -97,11 +102,24 @@ def learned_parts(metrics: dict | None) -> list[str]:
     parts = []
     for key, m in (metrics or {}).items():
         label = LABELS.get(key, key.replace("_", " "))
+        if key == "retain_ppl":  # what was kept, not learned: its own column (kept_text)
+            continue
         if isinstance(m, dict):
             parts.append(f"{label} {_fmt(key, m.get('before'))} -> {_fmt(key, m.get('after'))}")
         else:
             parts.append(f"{label} {_fmt(key, m)}")
     return parts
+
+
+def kept_text(metrics: dict | None) -> str:
+    """What a stage kept of its retain set: "2.57 -> 13.8 (+437%)" (retain perplexity before ->
+    after), "" when it measured none."""
+    from smolmac.evaluation import retain_text
+
+    m = (metrics or {}).get("retain_ppl")
+    if isinstance(m, dict) and m.get("before") and m.get("after") is not None:
+        return retain_text(m["before"], m["after"], label="", arrow="->")
+    return ""
 
 
 def headline(summary: dict) -> str:
@@ -120,10 +138,12 @@ def format_stage_table(events_or_dir) -> str:
     if not rows:
         return ""
     w = max(len(r["stage"]) for r in rows)
-    lines = [f"{'stage':<{w}}  {'method':<9}  {'time':>7}  what was learned"]
+    kept = any(r["kept"] for r in rows)  # "kept": retain perplexity before -> after (eval.retain)
+    lw = max(len("what was learned"), *(len(r["learned"]) for r in rows))
+    lines = [f"{'stage':<{w}}  {'method':<9}  {'time':>7}  " + (f"{'what was learned':<{lw}}  kept (retain ppl)" if kept else "what was learned")]
     for r in rows:
         t = f"{r['time_s']:.0f}s" if r["time_s"] is not None else "-"
-        lines.append(f"{r['stage']:<{w}}  {r['method']:<9}  {t:>7}  {r['learned']}")
+        lines.append(f"{r['stage']:<{w}}  {r['method']:<9}  {t:>7}  " + (f"{r['learned']:<{lw}}  {r['kept'] or '-'}" if kept else r["learned"]))
     return "\n".join(lines)
 
 
@@ -218,8 +238,9 @@ def run_models(run_dir: str | Path) -> list[ModelRef]:
 # Running
 
 
-def stage_config(base: dict, stage, index: int, model, tokenizer_path: str | None) -> Config:
-    """The recipe of stage `index`: top-level keys, then the stage's keys, then the chain inputs."""
+def stage_config(base: dict, stage, index: int, model, tokenizer_path: str | None, retain: str | None = None) -> Config:
+    """The recipe of stage `index`: top-level keys, then the stage's keys, then the chain inputs
+    (model, tokenizer, and `retain`: the retain set when the recipe names none)."""
     if not isinstance(stage, dict) or "method" not in stage:
         raise UserError(f"stages[{index}]: each stage must be a mapping with at least 'method', e.g. {{method: sft, train: {{steps: 100}}}}.")
     if "stages" in stage:
@@ -230,7 +251,9 @@ def stage_config(base: dict, stage, index: int, model, tokenizer_path: str | Non
         cfg.model = model
     if tokenizer_path and "path" not in (stage.get("tokenizer") or {}):
         cfg.tokenizer.path = tokenizer_path
-    for section, key in (("data", "train"), ("data", "valid"), ("tokenizer", "data"), ("eval", "exact_match"), ("eval", "preference")):
+    if retain and cfg.eval.retain is None:
+        cfg.eval.retain = retain
+    for section, key in (("data", "train"), ("data", "valid"), ("tokenizer", "data"), ("eval", "exact_match"), ("eval", "preference"), ("eval", "retain")):
         obj = getattr(cfg, section)
         setattr(obj, key, resolve_path(getattr(obj, key)))
     cfg.stages = []
@@ -301,10 +324,10 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
                      extra={"stages": [s.get("name") or s.get("method") if isinstance(s, dict) else None for s in cfg.stages]}))
         for i, stage in enumerate(cfg.stages, 1):  # every stage's keys checked before anything trains
             stage_config(base, stage, i, cfg.model if cfg.model is not None else "<previous stage>", None)
-        model, tokenizer_path, adapter, cache = cfg.model, None, None, {}
+        model, tokenizer_path, adapter, cache, retain = cfg.model, None, None, {}, None
         run = Run(run_dir, cfg)
         for i, stage in enumerate(cfg.stages, 1):
-            scfg = stage_config(base, stage, i, model, tokenizer_path)
+            scfg = stage_config(base, stage, i, model, tokenizer_path, retain)
             name = stage.get("name") or scfg.method
             sub = run_dir / f"{i}-{name}"
             done = _finished(sub)
@@ -334,6 +357,8 @@ def run_pipeline(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
                 if (i, name) in known:
                     cache[str(model)] = {k: v["after"] for k, v in known[(i, name)]["metrics"].items() if isinstance(v, dict)}
                 log(StageEvent(step=0, stage=i, name=name, method=scfg.method, dir=str(sub), status="skipped", output=done["output"]))
+            if scfg.method == "pretrain" and (sub / "tokens" / "valid.jsonl").is_file():
+                retain = str(sub / "tokens" / "valid.jsonl")  # its validation text: what later stages should keep
         run.model_path = Path(model) if isinstance(model, str) and adapter is None else None
         run.adapter_path = Path(adapter) if adapter else None
         log(ev.Done(step=len(cfg.stages), output=str(run.adapter_path or run.model_path or tokenizer_path), elapsed_s=round(time.perf_counter() - tic, 2)))
@@ -383,7 +408,10 @@ def _metrics_after(scfg: Config, sub: Path, model, adapter, cache: dict) -> tupl
 
 def _combine(scfg: Config, sub: Path, before: dict, after: dict) -> dict:
     """Per-method rows of the table: tokenizer (vocab, chars/token), pretrain (val perplexity
-    before -> after), sft (exact match), dpo/orpo (preference accuracy and margin, exact match)."""
+    before -> after), sft (exact match), dpo/orpo (preference accuracy and margin, exact match), and
+    for sft/dpo/orpo the retain perplexity before -> after (the "kept" column)."""
+    from smolmac.evaluation import retain_change
+
     events = ev.read_events(sub / "events.jsonl")
     done = events[-1] if events else {}
     if scfg.method == "tokenizer":
@@ -402,8 +430,11 @@ def _combine(scfg: Config, sub: Path, before: dict, after: dict) -> dict:
     if scfg.method == "sft":
         keys = ["exact_match"] if "exact_match" in after else []
     out.update(_before_after(before, {k: after[k] for k in keys}))
-    if not out:
-        last = next((e for e in reversed(events) if e["type"] == "eval"), {})
+    change = retain_change(events)
+    if change:
+        out["retain_ppl"] = {"before": change[0], "after": change[1]}
+    if not out or list(out) == ["retain_ppl"]:
+        last = next((e for e in reversed(events) if e["type"] == "eval" and e.get("val_loss") is not None), {})
         if last:
-            out["val_loss"] = last.get("val_loss")
+            out["val_loss"] = last["val_loss"]
     return {k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else v) for k, v in out.items()}

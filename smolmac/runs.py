@@ -226,7 +226,7 @@ def run_training(cfg: Config, run_dir: Path, resume: bool = False, on_event=None
 def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
     from smolmac import distributed
     from smolmac import lora as lora_mod
-    from smolmac.evaluation import evaluator
+    from smolmac.evaluation import evaluator, first_retain, retain_batches, retain_metrics
     from smolmac.methods import build_task, method
     from smolmac.models import count_params, is_quantized, load_model, save_model_dir
     from smolmac.trainer import (
@@ -284,12 +284,17 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         task.notes = {**(task.notes or {}), "world_size": group.size, "hosts": group.hosts,
                       "gradient_bytes_per_step": distributed.gradient_bytes(model)}
     trainable = lora_mod.trainable_count(model)
+    # eval.retain, tokenised once for every evaluation (by every process, so a bad file stops all)
+    retain = retain_batches(cfg, tokenizer)
+    before = {}  # the "before": the base (LoRA starts at zero), or the first start's on resume
+    if retain is not None and group.main:  # process 0 alone evaluates and logs
+        before = (first_retain(ev.read_events(run_dir / "events.jsonl")) if start else retain_metrics(model, retain)) or {}
     log(ev.Start(
         step=start.step if start else 0, total_steps=total_steps, method=cfg.method, model=str(model_ref),
         trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
         resumed_from=start.step if start else None,
-        extra={"dtype": t.dtype, **(task.notes or {}), **{k: v for k, v in memory.items() if k != "params"}, **batch_plan},
+        extra={"dtype": t.dtype, **(task.notes or {}), **before, **{k: v for k, v in memory.items() if k != "params"}, **batch_plan},
     ))
     for warning in data_warnings(cfg, task):
         log(dataclasses.replace(warning, step=start.step if start else 0))
@@ -301,7 +306,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
         pos = train_loop(
             model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
             grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
-            evaluate=evaluator(cfg, model, tokenizer, task) if group.main else None, eval_every=cfg.eval.every,
+            evaluate=evaluator(cfg, model, tokenizer, task, retain) if group.main else None, eval_every=cfg.eval.every,
             save=save if group.main else None, save_every=cfg.save.every, report_every=t.report_every, start=start,
             seed=t.seed, group=group,
         )

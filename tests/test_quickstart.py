@@ -46,6 +46,16 @@ def test_quickstart_every_stage_improves(quickstart):
     assert quickstart.events[-1]["type"] == "done" and quickstart.events[-1]["output"] == str(final)
     table = format_stage_table(quickstart.dir)
     assert "exact match 0% ->" in table and "val perplexity" in table and len(table.splitlines()) == 5
+    # forgetting, measured: SFT and ORPO keep the pretraining validation text (the "kept" column)
+    assert "kept (retain ppl)" in table.splitlines()[0]
+    sft_events = [json.loads(x) for x in (quickstart.dir / "3-sft" / "events.jsonl").read_text().splitlines()]
+    start, evals = sft_events[0], [e for e in sft_events if e["type"] == "eval"]
+    assert start["type"] == "start" and start["retain_loss"] > 0 and start["retain_ppl"] > 1
+    assert evals and all(e["retain_ppl"] > 1 for e in evals)
+    assert metrics["sft"]["retain_ppl"] == {"before": start["retain_ppl"], "after": evals[-1]["retain_ppl"]}
+    assert metrics["orpo"]["retain_ppl"]["before"] > 1 and "retain_ppl" not in metrics["pretrain"]
+    for line in table.splitlines()[3:]:  # sft, orpo: before -> after (change)
+        assert " -> " in line.rsplit("  ", 1)[1] and line.endswith("%)")
     # each stage is an ordinary run dir chained to the previous one
     sft_cfg = load_recipe(str(quickstart.dir / "3-sft" / "config.yaml"))
     assert sft_cfg.model == str(quickstart.dir / "2-pretrain" / "model")

@@ -23,7 +23,7 @@ def test_the_readme_has_an_example_for_every_api_function():
     import smolmac
 
     code = "\n".join(c for _, c in python_blocks())
-    for name in ("train", "load", "export", "upload", "combine", "runs", "read_run", "bench", "recipes", "inspect", "UserError"):
+    for name in ("train", "load", "export", "upload", "combine", "runs", "read_run", "bench", "evaluate", "recipes", "inspect", "UserError"):
         assert f"smolmac.{name}" in code and name in smolmac.__all__, name
     for method in ("generate", "chat", "chat_stream", "use", "adapters", "combine", "inspect"):
         assert f"m.{method}" in code, method

@@ -225,6 +225,33 @@ async def test_pipeline_dashboard_shows_the_stage_table_and_follows_the_running_
         assert app.screen.run_dir == d / "2-pretrain"
 
 
+async def test_pipeline_dashboard_shows_the_kept_column_once_a_stage_measured_it(tmp_path, monkeypatch):
+    """The CLI table's "kept" column (retain perplexity before -> after, eval.retain) in the app:
+    absent while no stage measured it (see the snapshot), then one cell per stage."""
+    from smolmac.events import read_events
+
+    monkeypatch.chdir(tmp_path)
+    d = fake_pipeline(Path("runs"), "kept", upto=4)
+    events = read_events(d / "events.jsonl")
+    kept = {"sft": {"before": 2.57, "after": 13.8}, "orpo": {"before": 13.8, "after": 14.1}}
+    for e in events:  # as the engine writes them: sft and orpo measured the retain set
+        if e["type"] == "metrics" and e["method"] in kept:
+            e["metrics"] = {**e["metrics"], "retain_ppl": kept[e["method"]]}
+    (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    app = make_app(tmp_path, FakeLauncher())
+    async with app.run_test(size=SIZE) as pilot:
+        from smolmac.tui.screens.pipeline import PipelineScreen
+
+        await app.push_screen(PipelineScreen(d))
+        table = app.screen.query_one("#pipe-stages")
+        await wait_for(pilot, lambda: table.row_count == 4 and len(table.columns) == 7)
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(4)]
+        cli = stage_rows(read_events(d / "events.jsonl"))
+        assert [r[-1] for r in rows] == [r["kept"] or "-" for r in cli] == ["-", "-", "2.57 -> 13.8 (+437%)", "13.8 -> 14.1 (+2%)"]
+        assert [r[-2] for r in rows] == [r["learned"] for r in cli] and "retain" not in rows[2][-2]
+        assert str(list(table.columns.values())[-1].label) == "Kept (retain ppl)"
+
+
 # ---------------------------------------------------------------------------------------------
 # New pipeline from the app
 

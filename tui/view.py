@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from smolmac.evaluation import retain_text
 from smolmac.tui.i18n import t
 
 STATUS_STYLE = {"running": "bold cyan", "starting": "cyan", "finished": "green", "stopped": "yellow", "failed": "bold red", "new": "dim", "pending": "dim"}
@@ -36,12 +37,16 @@ class RunView:
     error: str | None = None
     warnings: list = field(default_factory=list)  # messages of warning events
     samples: deque = field(default_factory=lambda: deque(maxlen=6))
+    retain_before: float | None = None  # retain ppl at the start (the first start event's)
+    retain_after: float | None = None  # retain ppl at the last eval
 
     def add(self, e: dict) -> str | None:
         """Fold one event in; returns its one-line description for the event log (or None)."""
         kind, step = e.get("type"), e.get("step", 0)
         if kind == "start":
             self.start, self.total_steps, self.done, self.error = e, e.get("total_steps"), None, None
+            if self.retain_before is None:
+                self.retain_before = e.get("retain_ppl")
             self.warnings = []
             # A resumed run re-reports from its checkpoint: drop points past it.
             self.train = [p for p in self.train if p[0] <= step]
@@ -55,12 +60,20 @@ class RunView:
             return None
         if kind == "eval":
             self.last_eval = e
-            self.valid.append((step, e["val_loss"]))
-            if e.get("val_ppl") is not None:
-                return f"step {step}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.2f}"
-            acc = e.get("eval_rewards/accuracies")  # DPO/ORPO: no perplexity, preference metrics
-            margin = e.get("eval_rewards/margins")
-            return f"step {step}: val loss {e['val_loss']:.4f}" + (f", {t('preference accuracy')} {acc:.0%}" if acc is not None else "") + (f", margin {margin:.3f}" if margin is not None else "")
+            parts = []
+            if e.get("val_loss") is not None:
+                self.valid.append((step, e["val_loss"]))
+                parts.append(f"val loss {e['val_loss']:.4f}" + (f", ppl {e['val_ppl']:.2f}" if e.get("val_ppl") is not None else ""))
+                acc = e.get("eval_rewards/accuracies")  # DPO/ORPO: no perplexity, preference metrics
+                margin = e.get("eval_rewards/margins")
+                if acc is not None:
+                    parts.append(f"{t('preference accuracy')} {acc:.0%}")
+                if margin is not None:
+                    parts.append(f"margin {margin:.3f}")
+            if e.get("retain_ppl") is not None:
+                self.retain_after = e["retain_ppl"]
+                parts.append(f"{t('retain ppl')} {e['retain_ppl']:.4g}")
+            return f"step {step}: {', '.join(parts)}" if parts else None
         if kind == "warning":
             if e.get("message") not in self.warnings:
                 self.warnings.append(e.get("message"))
@@ -77,6 +90,13 @@ class RunView:
             self.error = e.get("message")
             return f"error: {self.error}"
         return None
+
+    @property
+    def retain(self) -> str | None:
+        """"retain ppl 12.1 → 12.6 (+4%)" once the run has measured its retain set twice."""
+        if self.retain_before is None or self.retain_after is None:
+            return None
+        return retain_text(self.retain_before, self.retain_after, label=t("retain ppl") + " ")
 
     @property
     def status(self) -> str:

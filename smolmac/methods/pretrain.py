@@ -8,7 +8,8 @@ Text is tokenised once into `DIR/tokens/{train,valid}.bin` (numpy memmaps, uint1
 fits) with documents joined by the end-of-text token, then cut into fixed sequences of
 `train.max_seq_len + 1` tokens; a re-run or resume reuses the cache. As in nanoGPT and SmolLM,
 attention crosses document boundaries inside a sequence; the separator tells the model where
-one document ends.
+one document ends. The validation documents are also kept as text rows, `DIR/tokens/valid.jsonl`:
+the retain set (eval.retain) of a pipeline's later stages.
 """
 
 from __future__ import annotations
@@ -167,10 +168,24 @@ def token_cache(cfg, tokenizer, run_dir: Path) -> tuple[np.memmap, np.memmap | N
     n_train, docs_train = _write_tokens(docs, hf, sep, out / "train.bin", dtype, bos)
     n_valid = docs_valid = 0
     if valid_docs is not None:
-        n_valid, docs_valid = _write_tokens(valid_docs, hf, sep, out / "valid.bin", dtype, bos)
+        # the validation documents are also kept as text rows: a pipeline's later stages measure
+        # forgetting on them (their eval.retain, see smolmac/pipeline.py)
+        n_valid, docs_valid = _write_tokens(_kept_as_rows(valid_docs, out / "valid.jsonl"), hf, sep, out / "valid.bin", dtype, bos)
     meta = {"key": key, "train_tokens": n_train, "valid_tokens": n_valid, "train_docs": docs_train, "valid_docs": docs_valid, "sep_id": sep}
     meta_path.write_text(json.dumps(meta, indent=2))
     return _open(out / "train.bin", dtype), (_open(out / "valid.bin", dtype) if n_valid else None), meta
+
+
+def _kept_as_rows(docs, path: Path):
+    """Yield `docs` while writing them to `path` as {"text": ...} rows (renamed into place once
+    every document has passed)."""
+    tmp = path.with_suffix(".tmp-rows")
+    with tmp.open("w", encoding="utf-8") as f:
+        for text in docs:
+            if text and text.strip():
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+            yield text
+    tmp.replace(path)
 
 
 def _open(path: Path, dtype):

@@ -109,8 +109,10 @@ class DashboardScreen(Screen):
             cells.append(group)
         if last:
             cells.append(f"{t('loss')} {last['loss']:.4f}")
-        if v.last_eval:
+        if v.last_eval and v.last_eval.get("val_loss") is not None:
             cells.append(f"{t('val')} {v.last_eval['val_loss']:.4f}")
+        if v.retain:
+            cells.append(v.retain)
         if last:
             cells += [f"lr {last['lr']:.2e}", f"{last['tokens_per_second']:,.0f} tok/s", f"{last['peak_memory_gb']:.2f} GB",
                       f"{t('elapsed')} {fmt_duration(last.get('elapsed_s'))}"]

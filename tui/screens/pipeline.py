@@ -1,6 +1,6 @@
 """Dashboard of a pipeline: what each stage learned (the CLI's closing table: stage, method, time,
-what was learned), the live loss chart of the running stage (or of the stage under the cursor),
-the example answers the stage's evaluation gave, and each stage's own dashboard on enter.
+what was learned, what it kept of the retain set), the live loss chart of the running stage (or
+of the stage under the cursor), the example answers the stage's evaluation gave, and each stage's own dashboard on enter.
 
 The screen reads the pipeline's summary (smolmac.launcher.run_summary: cached until a file
 changes) and tails the chosen stage's events.jsonl twice a second.
@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from smolmac.events import EventTail
 from smolmac.launcher import CRASHED, run_summary
-from smolmac.pipeline import learned_parts, stage_rows
+from smolmac.pipeline import kept_text, learned_parts, stage_rows
 from smolmac.tui.i18n import t
 from smolmac.tui.view import RunView, fmt_duration, status_text
 from smolmac.tui.widgets.loss_chart import LossChart
@@ -86,10 +86,16 @@ class PipelineScreen(Screen):
             elapsed = times.get(s["label"])
             time_text = f"{elapsed:.0f}s" if elapsed is not None else "-"
             step = "-" if s["status"] == "pending" or not s.get("total_steps") else f"{s['step']}/{s['total_steps']}"
-            rows.append((s["label"], s.get("method") or "-", status_text(s["status"]), step, time_text, ", ".join(learned_parts(s.get("metrics"))) or "-"))
+            rows.append((s["label"], s.get("method") or "-", status_text(s["status"]), step, time_text, ", ".join(learned_parts(s.get("metrics"))) or "-",
+                         kept_text(s.get("metrics")) or "-"))
+        table = self.query_one(DataTable)
+        # "kept": the retain perplexity before -> after, as in the CLI's table only once a stage measured it
+        if "kept" not in table.columns and any(r[-1] != "-" for r in rows):
+            table.add_column(t("Kept (retain ppl)"), key="kept")
+        if "kept" not in table.columns:
+            rows = [r[:-1] for r in rows]
         if rows != self._shown:
             self._shown = rows
-            table = self.query_one(DataTable)
             cursor = table.cursor_row
             table.clear()
             for s, row in zip(self.stages, rows):
