@@ -166,7 +166,7 @@ def _choose_batch(cfg: Config, model_config: dict, run_dir: Path) -> dict:
     return {"batch_plan": p.sentence(), "predicted_tokens_per_second": round(p.tokens_per_second, 1)}
 
 
-def out_of_memory_advice(cfg: Config, error, run_dir: Path) -> str:
+def out_of_memory_advice(cfg: Config, error) -> str:
     """One sentence for a step that ran out of memory: where the last good state is, and the
     smaller setting to start again with (half the micro-batch, twice the accumulation: the same
     rows per step; at 1 row, checkpointing; then shorter rows)."""
@@ -311,7 +311,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop) -> Run:
             seed=t.seed, group=group,
         )
     except OutOfMemory as e:
-        raise UserError(out_of_memory_advice(cfg, e, run_dir)) from None
+        raise UserError(out_of_memory_advice(cfg, e)) from None
     stopped = pos.step < total_steps
     run = Run(run_dir, cfg, stopped=stopped)
     if not group.main:  # the others' weights are process 0's: it alone writes the outputs
