@@ -7,8 +7,10 @@ process (so peak memory is its own):
     smolmac bench forgetting [--steps 300] [--work DIR]   # LoRA vs full: task score, retain ppl
 
 `sft` trains the same random-weight model on the same variable-length chat rows (short and long
-mixed) through smolmac and through `mlx_lm.tuner.train`, and reports real (non-pad) tokens per
-second and peak memory for both, and the ratios.
+mixed) through smolmac and through `mlx_lm.tuner.train`, and reports for both: real (non-pad)
+tokens per second at steady state (the second half of the run, every batch shape compiled), the
+time the first half took, how many distinct batch shapes each compiled, model GFLOP/s and MFU
+against a float32 matmul peak measured in the same run, peak memory, and the ratios.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SIZES = {
     "tiny": ({"preset": "micro"}, 2048),
     "135m": ({"preset": "smollm2-135m"}, 49152),
 }
+ROWS = 96  # sft chat rows: 12 batches of 8, so the first 24 steps see every batch shape twice
 WORDS = "the a cat dog sat ran on in park tree green blue one two three four five six seven eight nine ten".split()
 
 
@@ -49,7 +52,7 @@ def make_fixture(root: Path, size: str) -> tuple[Path, Path]:
     from smolmac.tokenizer import train_tokenizer
 
     spec, vocab = SIZES[size]
-    rows = chat_rows(256)
+    rows = chat_rows(ROWS)
     texts = [m["content"] for r in rows for m in r["messages"]] + [" ".join(WORDS)] * 10
     # a word-level corpus cannot fill a 49k vocab: pad the spec's vocab_size instead
     tok = train_tokenizer(texts, root / "tok", vocab_size=300, source="bench corpus")
@@ -69,20 +72,25 @@ def _worker_smolmac(model: str, data: str, steps: int, batch: int, out: str) -> 
         "lora": {"rank": 8, "alpha": 160.0, "targets": "all-linear"},
         "train": {"steps": steps, "batch_size": batch, "lr": 1e-4, "max_seq_len": 1024, "report_every": 1, "grad_clip": 0.0},
     }
+    steps_seen: list[dict] = []
+
+    def on_event(e):
+        if e["type"] in ("start", "train"):  # wall clock at the start and after every step
+            steps_seen.append({**e, "t": time.perf_counter()})
+
     mx.reset_peak_memory()
-    run = smolmac.train(rec, run_dir=out)
-    tr = [e for e in run.events if e["type"] == "train"]
-    skip = tr[len(tr) // 5 - 1]  # the first fifth of the steps compiles graphs for new shapes
-    elapsed = tr[-1]["elapsed_s"] - skip["elapsed_s"]
-    toks = tr[-1]["trained_tokens"] - skip["trained_tokens"]
-    return {"tokens_per_second": toks / elapsed, "peak_memory_gb": mx.get_peak_memory() / 1e9, "final_loss": tr[-1]["loss"]}
+    smolmac.train(rec, run_dir=out, on_event=on_event)
+    t0, tr = steps_seen[0]["t"], steps_seen[1:]
+    return {"steps": [{"t": e["t"] - t0, "tokens": e["trained_tokens"], "own_s": e["elapsed_s"],
+                       "loss": e["loss"]} for e in tr],
+            "batch_shapes": tr[-1]["batch_shapes"], "peak_memory_gb": mx.get_peak_memory() / 1e9}
 
 
 def _worker_mlx_lm(model: str, data: str, steps: int, batch: int, out: str) -> dict:
     import mlx.core as mx
     import mlx.optimizers as optim
+    from mlx_lm.tuner import trainer as mlx_trainer
     from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
-    from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
@@ -96,7 +104,7 @@ def _worker_mlx_lm(model: str, data: str, steps: int, batch: int, out: str) -> d
     rows = [json.loads(line) for line in Path(data).read_text().splitlines()]
     # mask_prompt=False: mlx-lm then counts every non-pad token, as smolmac's tokens_per_second does
     ds = CacheDataset(ChatDataset(rows, tok, mask_prompt=False))
-    reports = []
+    reports, shapes = [], set()
 
     class CB:
         def on_train_loss_report(self, info):
@@ -105,16 +113,40 @@ def _worker_mlx_lm(model: str, data: str, steps: int, batch: int, out: str) -> d
         def on_val_loss_report(self, info):
             pass
 
-    args = TrainingArgs(batch_size=batch, iters=steps, steps_per_report=1, steps_per_eval=10**9, steps_per_save=10**9,
-                        max_seq_length=1024, adapter_file=str(Path(out) / "adapters.safetensors"))
+    def batches(**kw):  # mlx-lm's own batching; records the shapes its compiled step sees
+        for arrays, lengths in mlx_trainer.iterate_batches(**kw):
+            shapes.add(tuple(arrays.shape))
+            yield arrays, lengths
+
+    args = mlx_trainer.TrainingArgs(batch_size=batch, iters=steps, steps_per_report=1, steps_per_eval=10**9,
+                                    steps_per_save=10**9, max_seq_length=1024,
+                                    adapter_file=str(Path(out) / "adapters.safetensors"))
     Path(out).mkdir(parents=True, exist_ok=True)
     mx.reset_peak_memory()
-    train(m, optim.AdamW(learning_rate=1e-4), ds, None, args, training_callback=CB())
-    warm = reports[len(reports) // 5:]
-    # tokens_per_second per report = that step's tokens / its train time
-    toks = sum(r["tokens_per_second"] / r["iterations_per_second"] for r in warm)
-    secs = sum(1 / r["iterations_per_second"] for r in warm)
-    return {"tokens_per_second": toks / secs, "peak_memory_gb": mx.get_peak_memory() / 1e9, "final_loss": reports[-1]["train_loss"]}
+    t0 = time.perf_counter()
+    mlx_trainer.train(m, optim.AdamW(learning_rate=1e-4), ds, None, args, iterate_batches=batches, training_callback=CB())
+    own, out_steps = 0.0, []
+    for r in reports:  # its own clock: each report's step time is 1 / iterations_per_second
+        own += 1 / r["iterations_per_second"]
+        out_steps.append({"t": r["t"] - t0, "tokens": r["trained_tokens"], "own_s": own, "loss": r["train_loss"]})
+    return {"steps": out_steps, "batch_shapes": len(shapes), "peak_memory_gb": mx.get_peak_memory() / 1e9}
+
+
+def steady_state(steps: list[dict]) -> dict:
+    """Throughput over the second half of a run (every shape compiled by then, if the first half
+    covered an epoch) and the time the first half took.
+
+    Args:
+        steps: one record per optimizer step: `t` wall seconds since training started, `tokens`
+            trained so far, `own_s` the system's own cumulative training-time counter.
+    """
+    half = len(steps) // 2
+    a, b = steps[half - 1], steps[-1]
+    toks = b["tokens"] - a["tokens"]
+    return {"tokens_per_second": toks / max(b["t"] - a["t"], 1e-9),
+            "tokens_per_second_own_clock": toks / max(b["own_s"] - a["own_s"], 1e-9),
+            "first_half_s": a["t"], "first_half_steps": half, "steady_steps": len(steps) - half,
+            "final_loss": b["loss"]}
 
 
 def _worker_step_memory(system: str, model: str, batch: int, seq: int) -> dict:
@@ -166,19 +198,72 @@ def _spawn(system: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _effective_seq(data: Path, model: str) -> float:
+    """Token-weighted mean row length (sum n^2 / sum n): the context the attention FLOPs see."""
+    from mlx_lm.utils import load_tokenizer
+
+    from smolmac.config import DataConfig
+    from smolmac.data import prepare_rows, tokenize_rows
+
+    kind, rows = prepare_rows([json.loads(x) for x in data.read_text().splitlines()], DataConfig(), str(data))
+    lengths = [min(len(e.tokens) - 1, 1024) for e in tokenize_rows(load_tokenizer(Path(model)), kind, rows)]
+    return sum(n * n for n in lengths) / max(sum(lengths), 1)
+
+
 def bench_sft(size: str = "tiny", steps: int | None = None, batch_size: int = 8, on_message=print) -> dict:
-    steps = steps or (60 if size == "tiny" else 40)
+    """smolmac vs mlx-lm LoRA SFT on the same model, rows and batch, each in a fresh process.
+
+    Throughput is the steady state: trained (non-pad) tokens over wall-clock seconds of the
+    second half of the run, when both systems have compiled their batch shapes (the default
+    step counts make the first half two epochs of the ROWS rows at batch 8). The first half's
+    time is reported separately, with the number of distinct batch shapes each compiled. Model
+    FLOPs/s and MFU (LoRA: 4N + attention FLOPs per token) are against a float32 matmul peak
+    measured here, before the runs.
+    """
+    from smolmac.flops import flops_per_token, mfu, peak_flops
+
+    steps = steps or 48
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model, data = make_fixture(root, size)
-        on_message(f"bench sft ({size}, batch {batch_size}, LoRA r8 all-linear, {steps} steps) ...")
-        res = {name: _spawn(name, model, data, steps, batch_size, root / name) for name in ("mlx_lm", "smolmac")}
+        on_message(f"bench sft ({size}, batch {batch_size}, LoRA r8 all-linear, float32, {steps} steps; "
+                   f"steady state = the last {steps - steps // 2}) ...")
+        peak = peak_flops("float32")
+        config = json.loads((model / "config.json").read_text())
+        fpt = flops_per_token(config, _effective_seq(data, str(model)), trainable_fraction=0.0)
+        res = {"size": size, "steps": steps, "batch_size": batch_size, "flops_per_token": fpt,
+               "peak_gflops": peak / 1e9}
         for name in ("mlx_lm", "smolmac"):
-            res[name]["step_peak_memory_gb"] = _spawn("step", name, model, batch_size, 1024)["peak_memory_gb"]
-    res["ratio_step_peak_memory"] = res["smolmac"]["step_peak_memory_gb"] / res["mlx_lm"]["step_peak_memory_gb"]
-    res["ratio_tokens_per_second"] = res["smolmac"]["tokens_per_second"] / res["mlx_lm"]["tokens_per_second"]
-    res["ratio_peak_memory"] = res["smolmac"]["peak_memory_gb"] / res["mlx_lm"]["peak_memory_gb"]
+            raw = _spawn(name, model, data, steps, batch_size, root / name)
+            r = {**steady_state(raw["steps"]), "batch_shapes": raw["batch_shapes"], "peak_memory_gb": raw["peak_memory_gb"]}
+            r["model_gflops"] = r["tokens_per_second"] * fpt / 1e9
+            r["mfu"] = mfu(r["tokens_per_second"], fpt, peak)
+            r["step_peak_memory_gb"] = _spawn("step", name, model, batch_size, 1024)["peak_memory_gb"]
+            res[name] = r
+    s, m = res["smolmac"], res["mlx_lm"]
+    res["ratio_tokens_per_second"] = s["tokens_per_second"] / m["tokens_per_second"]
+    res["ratio_tokens_per_second_own_clock"] = s["tokens_per_second_own_clock"] / m["tokens_per_second_own_clock"]
+    res["ratio_first_half_time"] = s["first_half_s"] / m["first_half_s"]
+    res["ratio_peak_memory"] = s["peak_memory_gb"] / m["peak_memory_gb"]
+    res["ratio_step_peak_memory"] = s["step_peak_memory_gb"] / m["step_peak_memory_gb"]
     return res
+
+
+def print_sft(res: dict, on_message=print):
+    """The `bench sft` table: steady state first, then the warm-up and memory."""
+    half = res["smolmac"]["first_half_steps"]
+    on_message(f"{'system':8} {'steady tok/s':>12} {'GFLOP/s':>8} {'MFU':>6} {'shapes':>6} "
+               f"{f'first {half} steps s':>17} {'run peak GB':>11} {'step peak GB':>12}")
+    for name in ("mlx_lm", "smolmac"):
+        r = res[name]
+        on_message(f"{name:8} {r['tokens_per_second']:12,.0f} {r['model_gflops']:8.1f} {r['mfu']:6.1%} {r['batch_shapes']:6d} "
+                   f"{r['first_half_s']:17.1f} {r['peak_memory_gb']:11.3f} {r['step_peak_memory_gb']:12.3f}")
+    on_message(f"smolmac/mlx-lm at steady state: {res['ratio_tokens_per_second']:.2f}x tok/s "
+               f"({res['ratio_tokens_per_second_own_clock']:.2f}x by each system's own step clock); "
+               f"time to the first {half} steps (compilation included): {res['ratio_first_half_time']:.2f}x; "
+               f"peak memory on the same {res['batch_size']}x1024 batch: {res['ratio_step_peak_memory']:.2f}x")
+    on_message(f"MFU: model FLOPs ({res['flops_per_token'] / 1e6:.1f} MFLOP/token, LoRA 4N + attention) over a "
+               f"float32 matmul peak of {res['peak_gflops']:.0f} GFLOP/s measured here")
 
 
 def bench_pretrain(size: str = "tiny", steps: int | None = None, batch_size: int = 8, on_message=print,
@@ -394,12 +479,7 @@ def run_bench(what: str, size: str = "tiny", steps: int | None = None, batch_siz
         res = bench_forgetting(steps=steps, work=work, on_message=on_message)
     elif what == "sft":
         res = bench_sft(size, steps, batch_size, on_message)
-        on_message(f"{'system':10} {'tok/s':>10} {'run peak GB':>12} {'step peak GB':>13}")
-        for name in ("mlx_lm", "smolmac"):
-            r = res[name]
-            on_message(f"{name:10} {r['tokens_per_second']:10.0f} {r['peak_memory_gb']:12.3f} {r['step_peak_memory_gb']:13.3f}")
-        on_message(f"smolmac/mlx-lm: {res['ratio_tokens_per_second']:.2f}x tok/s, {res['ratio_peak_memory']:.2f}x run peak memory "
-                   f"(depends on the batches each drew), {res['ratio_step_peak_memory']:.2f}x peak memory on the same {batch_size}x1024 batch")
+        print_sft(res, on_message)
     elif what == "dpo":
         res = bench_dpo(size=size, steps=steps, batch_size=batch_size, on_message=on_message)
     else:

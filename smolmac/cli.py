@@ -213,7 +213,9 @@ class ProgressView:
                 return  # stage lines and the final table say what happens
             log(f"[bold]{e['method']}[/] {e['model']}: {e['trainable_params']:,} trainable parameters, {e['train_rows']} train / {e['valid_rows']} valid rows" + (f", {e['truncated_rows']} truncated" if e.get("truncated_rows") else "") + (f", {e['dtype']}" if e.get("dtype") else "") + (f"; resuming at step {e['resumed_from']}" if e.get("resumed_from") else ""))
             if e.get("memory_estimate_gb") is not None:
-                log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['memory_budget_gb']:.0f} GB available" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
+                log(f"{e['total_params'] / 1e6:,.1f}M parameters; estimated peak memory {e['memory_estimate_gb']:.2f} GB of {e['memory_budget_gb']:.3g} GB available" + (" (gradient checkpointing turned on to fit)" if e.get("auto_checkpoint") else ""))
+            if e.get("batch_plan"):
+                log(e["batch_plan"])
             if e.get("memory_suggestion"):
                 log(f"[yellow]this may not fit in memory: {e['memory_suggestion']}[/]")
             if e.get("world_size", 1) > 1:

@@ -21,6 +21,7 @@ from smolmac.ranges import (  # noqa: F401  (number, field_problem: re-exported,
     above,
     at_least,
     between,
+    check_batch_size,
     check_betas,
     check_columns,
     check_early_stopping,
@@ -94,8 +95,10 @@ class LoraConfig:
 class TrainConfig:
     steps: int = _f(0, "Optimizer steps; 0 means train for `epochs` epochs.", range=at_least(0))
     epochs: float = _f(1.0, "Epochs over the training data when steps is 0.", range=at_least(0))
-    batch_size: int = _f(4, "Rows (or packed sequences) per micro-batch.", range=at_least(1))
+    batch_size: Union[int, str] = _f(4, "Rows (or packed sequences) per micro-batch, or auto: choose the micro-batch, train.grad_accum and train.grad_checkpoint that fit train.memory_budget_gb fastest, keeping train.effective_batch rows per step.", check=check_batch_size, valid="auto or >= 1")
     grad_accum: int = _f(1, "Micro-batches per optimizer step (gradients weighted by token count).", range=at_least(1))
+    effective_batch: int | None = _f(None, "Rows per optimizer step that batch_size: auto keeps (default 16); only with batch_size: auto.", range=at_least(1), hint="leave it out (null) for 16")
+    memory_budget_gb: float | None = _f(None, "Memory a run may use, in GB (the estimate is checked and batch_size: auto chooses against it); default: Metal's recommended working set on a Mac, 80% of RAM elsewhere.", range=above(0), hint="leave it out (null) for what this machine can use")
     lr: float = _f(1e-4, "Peak learning rate.", range=above(0), hint="0 would not train and a negative rate climbs the loss; 1e-4 (LoRA) or 1e-5 (full) are common starts")
     schedule: str = _f("cosine", "Learning-rate decay after warmup.", ("cosine", "linear", "constant"))
     warmup: int = _f(0, "Linear warmup steps from 0 to lr.", range=at_least(0))
@@ -442,6 +445,10 @@ def validate(cfg: Config, source: str = "recipe", lines: dict | None = None, sta
     t = cfg.train
     if t.steps == 0 and t.epochs == 0:
         raise UserError(f"{where('train.epochs')}: '{name}train.epochs' is 0 and 'train.steps' is 0, so nothing would train; set train.steps > 0 or train.epochs > 0.")
+    if t.batch_size == "auto" and t.grad_accum != 1:
+        raise UserError(f"{where('train.grad_accum')}: '{name}train.grad_accum' is chosen by train.batch_size: auto; remove it, or give train.batch_size a number.")
+    if t.effective_batch is not None and t.batch_size != "auto":
+        raise UserError(f"{where('train.effective_batch')}: '{name}train.effective_batch' applies only to train.batch_size: auto; remove it, or set train.batch_size: auto.")
     if cfg.dpo.label_smoothing and cfg.dpo.loss != "sigmoid":
         raise UserError(f"{where('dpo.label_smoothing')}: '{name}dpo.label_smoothing' applies only to dpo.loss: sigmoid, not {cfg.dpo.loss}; set it to 0.")
     if isinstance(cfg.report_to, str):  # `--set report_to=wandb` means [wandb]

@@ -126,6 +126,8 @@ def plan(cfg, nproc: int | None, hostfile: str | None, backend: str | None) -> t
         # would oversubscribe them (measured: a step 10-30x slower on 2 cores with 2 processes).
         threads = os.environ.get("OPENBLAS_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))
         args += ["--env", f"OPENBLAS_NUM_THREADS={threads}"]
+    if cfg.train.batch_size == "auto":
+        raise UserError("train.batch_size: auto chooses for one process; give train.batch_size a number to train data-parallel.")
     if cfg.train.batch_size % n:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} rows cannot be split evenly over {n} processes; use a multiple of {n}, e.g. {n * max(1, round(cfg.train.batch_size / n))}.")
     return n, args + ["--env", f"SMOLMAC_DISTRIBUTED={backend or 'ring'}"]
@@ -370,7 +372,9 @@ def launch_check(hostfile: str, recipe=None, backend: str | None = None, on_mess
     paths, repos, notes = recipe_inputs(cfg) if cfg else ({}, [], [])
     if cfg is not None and cfg.stages:
         problems.append("the recipe is a pipeline (stages:), which runs in one process: train its stages one by one with --hostfile")
-    if cfg is not None and cfg.train.batch_size % len(hosts):
+    if cfg is not None and cfg.train.batch_size == "auto":
+        problems.append("train.batch_size: auto chooses for one process: give it a number to train data-parallel")
+    elif cfg is not None and cfg.train.batch_size % len(hosts):
         problems.append(f"train.batch_size {cfg.train.batch_size} cannot be split over {len(hosts)} processes: use a multiple of {len(hosts)}")
     want = {"smolmac": __version__, "mlx": mx.__version__, "python": ".".join(map(str, sys.version_info[:2]))}
     answers: dict[str, dict] = {}

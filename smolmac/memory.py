@@ -103,10 +103,12 @@ def estimate(config: dict, batch_size: int, seq_len: int, lora_rank: int | None 
 
 def budget_gb() -> float:
     """Memory a run may use: Metal's recommended working set on a Mac, 80% of RAM elsewhere."""
+    size = None
     try:
         import mlx.core as mx
 
-        size = mx.device_info().get("max_recommended_working_set_size")
+        info = getattr(mx, "device_info", None) or mx.metal.device_info  # older MLX: mx.metal
+        size = info().get("max_recommended_working_set_size")
     except (ImportError, AttributeError, RuntimeError):  # no MLX or no device info: use RAM
         size = None
     if size:
@@ -151,6 +153,7 @@ class Verdict:
     trainable: int = 0
     parts: dict = field(default_factory=dict)  # PARTS name -> GB
     suggestions: list = field(default_factory=list)  # (sentence, values) pairs
+    plan: Plan | None = None  # what train.batch_size: auto chose (the estimate is of that)
 
     @property
     def fits(self) -> bool:
@@ -184,10 +187,15 @@ def verdict(cfg, mc: dict | None = None, budget: float | None = None, seq_len: i
     mc = mc if mc is not None else model_config(cfg)
     if mc is None:
         return None
-    budget = budget_gb() if budget is None else budget
+    budget = cfg.train.memory_budget_gb or (budget_gb() if budget is None else budget)
+    p = None
+    if cfg.train.batch_size == "auto":  # the planner's choice is what will run
+        p = plan(cfg, mc, budget, seq_len)
+        cfg = replace(cfg, train=replace(cfg.train, batch_size=p.batch_size, grad_accum=p.grad_accum,
+                                         grad_checkpoint=p.grad_checkpoint))
     r = _estimate_recipe(cfg, mc, seq_len)
     parts = dict(zip(PARTS, (r["weights_gb"], r["optimizer_gb"], r["activations_gb"])))
-    out = Verdict(r["total_gb"], budget, r["params"], r["trainable"], parts)
+    out = Verdict(r["total_gb"], budget, r["params"], r["trainable"], parts, plan=p)
     if not out.fits:
         out.suggestions = _suggest(cfg, mc, budget, seq_len)
     return out
@@ -216,3 +224,93 @@ def _suggest(cfg, mc: dict, budget: float, seq_len: int | None) -> list[tuple[st
         out.append((SHORTER, {}))
     return out
 
+
+
+# ---------------------------------------------------------------------------------------------
+# `train.batch_size: auto`: the fastest (micro-batch, checkpointing, accumulation) that fits.
+
+# (a sentence with placeholders, like SUGGESTIONS: the app translates it)
+AUTO_PLAN = ("batch_size auto: {b} rows per micro-batch x {a} accumulated, gradient checkpointing {ckpt}; "
+             "predicted peak {gb:.3g} GB of {budget:.3g} GB, about {tps:,.0f} tokens/s at full-length rows")
+MARGIN = 0.15  # the estimate must fit with this much to spare (its worst in-sample error: 14.3%)
+DEFAULT_EFFECTIVE_BATCH = 16
+# The step-time model: seconds = MICRO_OVERHEAD_S per micro-batch + model FLOPs / (measured
+# matmul peak * STEP_MFU); checkpointing recomputes the forward pass (2N of the 4N FLOPs per
+# token with LoRA, of 6N when training every weight). Fitted by `python benchmarks/auto_batch.py`
+# (micro preset, 16 rows of 256 tokens in micro-batches of 1-16, with and without checkpointing)
+# on a busy 2-core Linux CPU, MLX CPU backend + OpenBLAS, matmul peak 61 GFLOP/s at the time:
+# predicted tokens/s within -17%..+32% of measured. It ranks settings (larger micro-batches and no
+# recomputation are faster); its absolute tokens/s is this machine's.
+STEP_MFU, MICRO_OVERHEAD_S = 0.054, 0.69
+
+
+@dataclass
+class Plan:
+    """What `train.batch_size: auto` chose, its predicted peak memory and speed."""
+
+    batch_size: int
+    grad_accum: int
+    grad_checkpoint: bool
+    estimate_gb: float
+    budget_gb: float
+    tokens_per_second: float
+    fits: bool = True
+
+    def values(self) -> dict:
+        """AUTO_PLAN's placeholders."""
+        return {"b": self.batch_size, "a": self.grad_accum, "ckpt": "on" if self.grad_checkpoint else "off",
+                "gb": self.estimate_gb, "budget": self.budget_gb, "tps": self.tokens_per_second}
+
+    def sentence(self) -> str:
+        return AUTO_PLAN.format(**self.values())
+
+
+def predicted_tokens_per_second(mc: dict, effective: int, micro: int, seq_len: int, ckpt: bool, full: bool,
+                                peak: float) -> float:
+    """The step-time model above for `effective` rows of `seq_len` tokens in micro-batches of `micro`.
+
+    Args:
+        peak: the measured matmul peak in FLOP/s (smolmac.flops.peak_flops).
+    """
+    from smolmac.flops import flops_per_token
+
+    fpt = flops_per_token(mc.get("text_config", mc), seq_len, 1.0 if full else 0.0)
+    fpt *= 1 + (2 / 6 if full else 2 / 4) * ckpt
+    tokens = effective * seq_len
+    seconds = (effective // micro) * MICRO_OVERHEAD_S + tokens * fpt / (peak * STEP_MFU)
+    return tokens / seconds
+
+
+def plan(cfg, mc: dict, budget: float | None = None, seq_len: int | None = None, peak: float | None = None) -> Plan:
+    """Choose micro-batch, gradient checkpointing and accumulation for `train.batch_size: auto`:
+    every (micro, checkpointing) whose micro-batches add up to the effective batch
+    (train.effective_batch, default 16) exactly, whose estimate plus MARGIN fits `budget`, the
+    fastest by `predicted_tokens_per_second`. `fits` is False when nothing does (then: 1 row,
+    checkpointing).
+
+    Args:
+        cfg: a Config (train.batch_size may be a number: the effective batch is then ignored).
+        mc: the model's config.json as a dict.
+        budget: GB (default train.memory_budget_gb, else `budget_gb()`).
+        seq_len: tokens per row (default train.max_seq_len).
+    """
+    from smolmac.flops import peak_flops
+    from smolmac.methods import method
+
+    t = cfg.train
+    budget = budget or t.memory_budget_gb or budget_gb()
+    seq = seq_len or t.max_seq_len
+    effective = t.effective_batch or DEFAULT_EFFECTIVE_BATCH
+    full = cfg.full or method(cfg.method).full
+    peak = peak or peak_flops("float32")
+    options = []
+    for ckpt in (False, True) if not t.grad_checkpoint else (True,):
+        for micro in (b for b in range(effective, 0, -1) if effective % b == 0):
+            trial = replace(cfg, train=replace(t, batch_size=micro, grad_accum=effective // micro, grad_checkpoint=ckpt))
+            gb = _estimate_recipe(trial, mc, seq)["total_gb"]
+            speed = predicted_tokens_per_second(mc, effective, micro, seq, ckpt, full, peak)
+            options.append(Plan(micro, effective // micro, ckpt, gb, budget, speed, gb * (1 + MARGIN) <= budget))
+    fitting = [o for o in options if o.fits]
+    if fitting:
+        return max(fitting, key=lambda o: o.tokens_per_second)
+    return min(options, key=lambda o: o.estimate_gb)

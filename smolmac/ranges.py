@@ -105,6 +105,12 @@ def check_layers(value):
     return None if value >= 1 else "must be 'all' or a number of last blocks (>= 1)"
 
 
+def check_batch_size(value):
+    if isinstance(value, str):
+        return None if value == "auto" else "must be auto or a number of rows (>= 1)"
+    return None if value >= 1 else "must be auto or a number of rows (>= 1)"
+
+
 def check_betas(value):
     if len(value) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in value):
         return "must be two numbers [beta1, beta2], e.g. [0.9, 0.999]"

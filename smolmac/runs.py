@@ -185,7 +185,7 @@ def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
         v = verdict(cfg, model_config, seq_len=seq_len)
     except KeyError:  # a config without the usual Llama-style keys: no estimate
         return {}
-    plan = {"params": v.params, "memory_estimate_gb": round(v.total_gb, 3), "memory_budget_gb": round(v.budget_gb, 1)}
+    plan = {"params": v.params, "memory_estimate_gb": round(v.total_gb, 3), "memory_budget_gb": round(v.budget_gb, 3)}
     if not v.fits and not cfg.train.grad_checkpoint:
         cfg.train.grad_checkpoint = True
         checkpointed = verdict(cfg, model_config, seq_len=seq_len)
@@ -194,6 +194,47 @@ def _memory_plan(cfg: Config, model_config: dict, seq_len: int) -> dict:
     if v.suggestions:
         plan["memory_suggestion"] = v.advice()
     return plan
+
+
+def _choose_batch(cfg: Config, model_config: dict, run_dir: Path) -> dict:
+    """Resolve `train.batch_size: auto` in place (smolmac.memory.plan, at train.max_seq_len, the
+    longest a row can be) and save the resolved recipe as the run's config.yaml, so a resume
+    trains the same micro-batches whatever memory the resuming machine has. Returns the Start
+    event's fields."""
+    from smolmac import distributed
+    from smolmac.memory import MARGIN, plan
+
+    if distributed.current().size > 1:
+        raise UserError("train.batch_size: auto chooses for one process; give train.batch_size a number to train data-parallel.")
+    p = plan(cfg, model_config)
+    if not p.fits:
+        raise UserError(f"train.batch_size: auto: even 1 row per micro-batch with gradient checkpointing needs about {p.estimate_gb:.2f} GB "
+                        f"(with a {MARGIN:.0%} margin), over the {p.budget_gb:.1f} GB budget; lower train.max_seq_len, use a 4-bit (QLoRA) base, or raise train.memory_budget_gb.")
+    t = cfg.train
+    t.batch_size, t.grad_accum, t.grad_checkpoint, t.effective_batch = p.batch_size, p.grad_accum, p.grad_checkpoint, None
+    saved = run_dir / "config.yaml"
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(cfg.to_yaml())
+    tmp.replace(saved)
+    return {"batch_plan": p.sentence(), "predicted_tokens_per_second": round(p.tokens_per_second, 1)}
+
+
+def out_of_memory_advice(cfg: Config, error) -> str:
+    """One sentence for a step that ran out of memory: where the last good state is, and the
+    smaller setting to start again with (half the micro-batch, twice the accumulation: the same
+    rows per step; at 1 row, checkpointing; then shorter rows)."""
+    t = cfg.train
+    saved = f"the state before it is saved in {error.checkpoint}" if error.checkpoint else "nothing was lost"
+    if t.batch_size > 1:
+        b = t.batch_size // 2
+        fix = (f"set train.batch_size: {b} and train.grad_accum: {t.grad_accum * -(-t.batch_size // b)} "
+               f"(the same {t.batch_size * t.grad_accum} rows per step)")
+    elif not t.grad_checkpoint:
+        fix = "set train.grad_checkpoint: true"
+    else:
+        fix = f"lower train.max_seq_len below {t.max_seq_len} or use a 4-bit (QLoRA) base"
+    return (f"train: out of memory in step {error.step} ({error.detail}); {saved}; {fix}"
+            f" (or train.batch_size: auto with a smaller train.memory_budget_gb) and start a new run.")
 
 
 def _per_process(cfg: Config, size: int) -> Config:
@@ -297,6 +338,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
     from smolmac.methods import build_task, method
     from smolmac.models import count_params, is_quantized, load_model, save_model_dir
     from smolmac.trainer import (
+        OutOfMemory,
         Position,
         build_optimizer,
         list_checkpoints,
@@ -308,7 +350,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
 
     t = cfg.train
     group = distributed.current()  # one process, or process `rank` of a data-parallel group
-    if t.batch_size % group.size:
+    if t.batch_size != "auto" and t.batch_size % group.size:
         raise UserError(f"train.batch_size: {t.batch_size} rows cannot be split evenly over {group.size} processes; use a multiple of {group.size}, e.g. {group.size * max(1, round(t.batch_size / group.size))}.")
     seed_everything(t.seed)
     from mlx_lm.utils import maybe_set_recommended_wired_limit
@@ -317,6 +359,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
     with storage.writing(run_dir, then=f"then resume with `smolmac train --resume {run_dir}`"):
         model_ref = materialize_model(cfg, run_dir)  # a new model's tokenizer and init/ are written here
     model, tokenizer, model_config, model_path = load_model(model_ref, t.dtype, cfg.trust_remote_code)
+    batch_plan = _choose_batch(cfg, model_config, run_dir) if t.batch_size == "auto" else {}
     full = cfg.full or method(cfg.method).full
     if full:
         if is_quantized(model):
@@ -363,7 +406,7 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
         trainable_params=trainable, total_params=memory.get("params") or count_params(model_config),
         train_rows=task.train_rows, valid_rows=task.valid_rows, truncated_rows=task.truncated,
         resumed_from=resumed_from,
-        extra={"dtype": t.dtype, **(task.notes or {}), **before, **{k: v for k, v in memory.items() if k != "params"}},
+        extra={"dtype": t.dtype, **(task.notes or {}), **before, **{k: v for k, v in memory.items() if k != "params"}, **batch_plan},
     ))
     for warning in data_warnings(cfg, task):
         log(dataclasses.replace(warning, step=start.step if start else 0))
@@ -384,14 +427,17 @@ def _run(cfg: Config, run_dir: Path, resume: bool, log, stop, again: bool = Fals
                              {"best": {"step": pos.step, "metric": cfg.save.best, "value": pos.best}})
 
     vocab = model_config.get("vocab_size") or (model_config.get("text_config") or {}).get("vocab_size")
-    pos = train_loop(
-        model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
-        grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
-        evaluate=evaluator(cfg, model, tokenizer, task, retain) if group.main else None, eval_every=cfg.eval.every,
-        save=save if group.main else None, save_every=cfg.save.every, report_every=t.report_every, start=start,
-        seed=t.seed, group=group, keep_best=keep_best, save_best=save_best, early_stopping=early,
-        stuck_loss=math.log(vocab) if vocab and cfg.method in LM_METHODS else None,
-    )
+    try:
+        pos = train_loop(
+            model, optimizer, task.train, task.loss_fn, total_steps=total_steps, on_event=log,
+            grad_accum=t.grad_accum, grad_clip=t.grad_clip, stop=stop,
+            evaluate=evaluator(cfg, model, tokenizer, task, retain) if group.main else None, eval_every=cfg.eval.every,
+            save=save if group.main else None, save_every=cfg.save.every, report_every=t.report_every, start=start,
+            seed=t.seed, group=group, keep_best=keep_best, save_best=save_best, early_stopping=early,
+            stuck_loss=math.log(vocab) if vocab and cfg.method in LM_METHODS else None,
+        )
+    except OutOfMemory as e:
+        raise UserError(out_of_memory_advice(cfg, e)) from None
     stopped = pos.step < total_steps and pos.early_stopped is None
     run = Run(run_dir, cfg, stopped=stopped, early_stopped=pos.early_stopped)
     if not group.main:  # the others' weights are process 0's: it alone writes the outputs

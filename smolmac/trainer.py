@@ -212,6 +212,28 @@ def _memory_gb() -> float:
     return mx.get_peak_memory() / 1e9
 
 
+# What MLX's allocators raise when an allocation fails: RuntimeError("[malloc] Unable to allocate
+# N bytes.") (mlx/allocator.cpp), "[metal::malloc] Unable to allocate ..." on Metal. (On the CPU
+# backend a failed allocation inside an evaluation ends the process instead: measured, mlx 0.32.)
+OOM_MARKERS = ("Unable to allocate", "[malloc]", "[metal::malloc]")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is MLX failing to allocate memory."""
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in OOM_MARKERS)
+
+
+class OutOfMemory(UserError):
+    """MLX could not allocate memory during step `step`; the state before that step is in
+    `checkpoint` (None without a `save` callback). `smolmac.runs` adds which setting to use."""
+
+    def __init__(self, step: int, checkpoint, detail: str):
+        self.step, self.checkpoint, self.detail = step, checkpoint, detail
+        saved = f"the last good state is saved in {checkpoint}" if checkpoint else "nothing was saved"
+        super().__init__(f"train: out of memory in step {step} ({detail}); {saved}; lower train.batch_size "
+                         "(raising train.grad_accum keeps the effective batch) or set train.grad_checkpoint: true.")
+
+
 def train(
     model: nn.Module,
     optimizer: optim.Optimizer,
@@ -299,31 +321,51 @@ def train(
     window_loss, window_weight, window_tokens, window_time, window_metrics = 0.0, 0.0, 0, 0.0, {}
     window_steps = 0
     stuck, warned = 0, False
+    shapes: set = set()  # distinct micro-batch shapes: each costs one compilation of the step
     stopped = False
     while pos.step < total_steps:
         tic = time.perf_counter()
-        losses, weights, metrics_list, acc = [], [], [], None
-        tokens = 0
-        for _ in range(grad_accum):
-            arrays, ntok = next(stream)
-            mx.random.seed((seed * 1_000_003 + pos.micro) * world + group.rank)
-            arrays = [mx.array(a) for a in arrays]
-            if one_step:
-                loss, weight, metrics = step(*arrays)
-            else:
-                loss, weight, metrics, acc = accumulate(acc, live[ntok > 0 or world == 1], *arrays)
-            losses.append(loss * weight)
-            weights.append(weight)
-            metrics_list.append(metrics)
-            tokens += ntok
-            pos.micro += 1  # global micro-batches: a checkpoint resumes on any number of processes
-        stopping = False
-        if world > 1:  # this process's part, then the group's numbers (one process fails: all stop)
-            stopping = group.settle((acc, losses, weights, metrics_list), stop)
-            tokens, losses, weights, metrics_list = group.pool(tokens, losses, weights, metrics_list)
-        if not one_step:
-            apply(acc, sum(weights))
-        (group.eval if world > 1 else mx.eval)(state, losses, weights, metrics_list)
+        # The state before this step (evaluated, immutable arrays: no copy): what an
+        # out-of-memory failure inside the step goes back to and saves.
+        good = (model.trainable_parameters(), tree_map(lambda x: x, optimizer.state), pos.micro)
+        try:
+            losses, weights, metrics_list, acc = [], [], [], None
+            tokens = 0
+            for _ in range(grad_accum):
+                arrays, ntok = next(stream)
+                mx.random.seed((seed * 1_000_003 + pos.micro) * world + group.rank)
+                arrays = [mx.array(a) for a in arrays]
+                shapes.add(tuple(a.shape for a in arrays))
+                if one_step:
+                    loss, weight, metrics = step(*arrays)
+                else:
+                    loss, weight, metrics, acc = accumulate(acc, live[ntok > 0 or world == 1], *arrays)
+                    # one micro-batch at a time: left lazy, MLX ran every micro-batch's forward
+                    # pass before any backward (measured: 4 x 4 rows peaked at 2.6x one 4-row
+                    # micro-batch, 0.65x of 16 rows at once), so accumulation saved little memory
+                    mx.eval(acc, loss, weight, metrics)
+                losses.append(loss * weight)
+                weights.append(weight)
+                metrics_list.append(metrics)
+                tokens += ntok
+                pos.micro += 1  # global micro-batches: a checkpoint resumes on any number of processes
+            stopping = False
+            if world > 1:  # this process's part, then the group's numbers (one process fails: all stop)
+                stopping = group.settle((acc, losses, weights, metrics_list), stop)
+                tokens, losses, weights, metrics_list = group.pool(tokens, losses, weights, metrics_list)
+            if not one_step:
+                apply(acc, sum(weights))
+            (group.eval if world > 1 else mx.eval)(state, losses, weights, metrics_list)
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            model.update(good[0])
+            optimizer.state = good[1]
+            pos.micro = good[2]
+            path = save(pos) if save else None
+            if path is not None:
+                on_event(ev.Checkpoint(step=pos.step, path=str(path)))
+            raise OutOfMemory(pos.step + 1, path, str(e).strip().rstrip(".")) from None
         dt = time.perf_counter() - tic
         # The step's loss is read on the host every step anyway (no extra sync): check it here,
         # before anything of this step is evaluated or saved.
@@ -361,7 +403,8 @@ def train(
                 tokens_per_second=round(window_tokens / max(window_time, 1e-9), 1),
                 trained_tokens=pos.trained_tokens, peak_memory_gb=round(_memory_gb(), 4),
                 elapsed_s=round(pos.elapsed_s, 2), eta_s=round(per_step * (total_steps - pos.step), 1),
-                extra={**{k: round(v / window_steps, 6) for k, v in window_metrics.items()}, "world_size": world},
+                extra={**{k: round(v / window_steps, 6) for k, v in window_metrics.items()}, "world_size": world,
+                       "batch_shapes": len(shapes)},
             ))
             window_loss, window_weight, window_tokens, window_time, window_metrics, window_steps = 0.0, 0.0, 0, 0.0, {}, 0
         if world == 1:  # (the report may have asked for it)

@@ -35,7 +35,7 @@ def test_unknown_key_names_line_and_suggests(tmp_path):
 def test_wrong_type_and_choice(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("model: m\ntrain:\n  batch_size: many\n")
-    with pytest.raises(UserError, match=r"r.yaml:3: 'train.batch_size' must be int"):
+    with pytest.raises(UserError, match=r"r.yaml:3: 'train.batch_size' must be auto or a number of rows \(>= 1\), not 'many'"):
         load_recipe(p)
     p.write_text("model: m\ndata:\n  train: 5\n")
     with pytest.raises(UserError, match=r"r.yaml:3: 'data.train' must be str or null"):

@@ -445,6 +445,11 @@ async def test_new_run_form_validates_previews_estimates_and_saves(tmp_path, mon
         await wait_for(pilot, lambda: "GB" in str(form.query_one("#memory").render()))
         memory = str(form.query_one("#memory").render())
         assert "probably too much" in memory and "grad_checkpoint" in memory and "QLoRA" in memory
+        # batch_size: auto shows what it chose (here nothing fits: the smallest setting, in yellow)
+        form.query_one("#f-train-batch_size").value = "auto"
+        await wait_for(pilot, lambda: "batch_size auto: 1 rows per micro-batch x 16 accumulated" in str(form.query_one("#memory").render()))
+        form.query_one("#f-train-batch_size").value = "4"
+        await wait_for(pilot, lambda: "batch_size auto" not in str(form.query_one("#memory").render()))
 
         # Save as recipe: the file loads back to the same config.
         await pilot.press("ctrl+s")

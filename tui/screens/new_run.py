@@ -297,6 +297,10 @@ class NewRunScreen(Screen):
         parts = " · ".join(f"{t(k)} {v:.2f}" for k, v in est.parts.items())
         verdict = ("✓ ", "bold green") if est.fits else ("⚠ ", "bold yellow")
         line = Text.assemble(verdict, (t("Memory") + " ", "bold"), f"≈ {est.total_gb:.2f} GB ", t("of {budget:.1f} GB", budget=est.budget_gb), (f"  ({parts} GB)" if parts else "", "dim"))
+        if est.plan is not None:
+            from smolmac.memory import AUTO_PLAN
+
+            line.append("\n" + t(AUTO_PLAN, **est.plan.values()), style="cyan" if est.plan.fits else "yellow")
         if not est.fits:
             line.append("\n" + t("probably too much for this machine; try:") + " " + "; ".join(t(s, **v) for s, v in est.suggestions), style="yellow")
         widget.update(line)
