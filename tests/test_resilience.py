@@ -276,7 +276,7 @@ def test_sigterm_and_sighup_checkpoint_and_exit_3(tiny_model, chat_file, tmp_pat
 
 
 def test_the_resume_hint_names_the_run_dir(tmp_path):
-    from smolmac.cli import ProgressView
+    from smolmac.progress import ProgressView
 
     view = ProgressView(tmp_path / "runs" / "mine")
     with view.console.capture() as cap:
