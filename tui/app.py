@@ -16,6 +16,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from smolmac.launcher import Launcher, list_runs
+from smolmac.storage import lock_owner
 from smolmac.tui.dialogs.confirm import ConfirmDialog
 from smolmac.tui.dialogs.error import ErrorDialog, describe_error
 from smolmac.tui.i18n import t
@@ -74,6 +75,29 @@ class SmolmacApp(App):
     def show_error(self, error: BaseException | str, title: str | None = None) -> None:
         """Show an error modal with its one-sentence message."""
         self.push_screen(ErrorDialog(error if isinstance(error, str) else describe_error(error), title))
+
+    def stop_run(self, run_dir: Path, name: str) -> None:
+        """Ask a run (or a pipeline) to checkpoint and stop, and say what happened."""
+        if self.launcher.stop(run_dir):
+            self.notify(t("Stopping {name}: it saves a checkpoint, then stops.", name=name))
+        else:
+            self.notify(t("{name} is not running.", name=name), severity="warning")
+
+    def resume_run(self, run_dir: Path, name: str, status: str | None) -> bool:
+        """Resume a stopped or failed run (a pipeline continues at its unfinished stage); otherwise
+        show why not and return False."""
+        if self.launcher.alive(run_dir):
+            self.show_error(t("{name} is still being trained by process {pid}; stop it (s) or wait for it to finish before resuming.", name=name, pid=lock_owner(run_dir) or "?"))
+            return False
+        if status not in ("stopped", "failed"):
+            self.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=name, status=t(status or "new")))
+            return False
+        try:
+            self.launcher.resume(run_dir)
+        except Exception as e:  # a UserError, or an OSError from spawning the process
+            self.show_error(e)
+            return False
+        return True
 
     def running_runs(self) -> list[dict]:
         return [r for r in list_runs(self.runs_dir, self.launcher) if r["alive"]]

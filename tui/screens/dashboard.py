@@ -158,23 +158,10 @@ class DashboardScreen(Screen):
     # -- actions ----------------------------------------------------------------------------
 
     def action_stop(self) -> None:
-        if self.app.launcher.stop(self.process_dir):
-            self.notify(t("Stopping {name}: it saves a checkpoint, then stops.", name=self.process_dir.name))
-        else:
-            self.notify(t("{name} is not running.", name=self.process_dir.name), severity="warning")
+        self.app.stop_run(self.process_dir, self.process_dir.name)
 
     def action_resume(self) -> None:
-        if self.app.launcher.alive(self.run_dir):
-            pid = lock_owner(self.run_dir)
-            self.app.show_error(t("{name} is still being trained by process {pid}; stop it (s) or wait for it to finish before resuming.", name=self.run_dir.name, pid=pid or "?"))
-            return
-        if self.status not in ("stopped", "failed"):
-            self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=self.run_dir.name, status=t(self.status)))
-            return
-        try:
-            self.app.launcher.resume(self.process_dir)
-        except Exception as e:  # UserError, or an OSError from spawning the process
-            self.app.show_error(e)
+        if not self.app.resume_run(self.process_dir, self.run_dir.name, self.status):
             return
         # Running again until the new child reports: a crash before its start event then shows.
         self.crashed = self.view.done = self.view.error = None

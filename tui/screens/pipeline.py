@@ -201,20 +201,10 @@ class PipelineScreen(Screen):
         self.app.push_screen(DashboardScreen(self.run_dir / stage["label"], pipeline_dir=self.run_dir))
 
     def action_stop(self) -> None:
-        if self.app.launcher.stop(self.run_dir):
-            self.notify(t("Stopping {name}: it saves a checkpoint, then stops.", name=self.run_dir.name))
-        else:
-            self.notify(t("{name} is not running.", name=self.run_dir.name), severity="warning")
+        self.app.stop_run(self.run_dir, self.run_dir.name)
 
     def action_resume(self) -> None:
-        status = self.info.get("status")
-        if status not in ("stopped", "failed"):
-            self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=self.run_dir.name, status=t(status or "new")))
-            return
-        try:
-            self.app.launcher.resume(self.run_dir)
-        except Exception as e:  # UserError, or an OSError from spawning the process
-            self.app.show_error(e)
+        if not self.app.resume_run(self.run_dir, self.run_dir.name, self.info.get("status")):
             return
         self.follow_current = True
         self.notify(t("resuming from the last checkpoint…"))

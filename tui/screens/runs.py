@@ -245,16 +245,7 @@ class RunsScreen(Screen):
         if not row:
             return
         top = row.top  # a stage resumes its pipeline, which continues at the unfinished stage
-        if top.get("alive"):
-            self.app.show_error(t("{name} is still being trained by process {pid}; stop it (s) or wait for it to finish before resuming.", name=top["name"], pid=top.get("pid") or "?"))
-            return
-        if top["status"] not in ("stopped", "failed"):
-            self.app.show_error(t("{name}: only a stopped or failed run can be resumed; this one is {status}.", name=top["name"], status=t(top["status"])))
-            return
-        try:
-            self.app.launcher.resume(top["dir"])
-        except Exception as e:  # a UserError or an OSError from spawning the process
-            self.app.show_error(e)
+        if not self.app.resume_run(top["dir"], top["name"], top["status"]):
             return
         if row.kind == "run":
             from smolmac.tui.screens.dashboard import DashboardScreen
@@ -267,10 +258,8 @@ class RunsScreen(Screen):
 
     def action_stop(self) -> None:
         row = self._need_row()
-        if row and self.app.launcher.stop(row.top["dir"]):
-            self.notify(t("Stopping {name}: it saves a checkpoint, then stops.", name=row.top["name"]))
-        elif row:
-            self.notify(t("{name} is not running.", name=row.top["name"]), severity="warning")
+        if row:
+            self.app.stop_run(row.top["dir"], row.top["name"])
 
     def action_delete(self) -> None:
         row = self._need_row()
