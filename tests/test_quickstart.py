@@ -2,14 +2,19 @@
 skipped on resume; a stopped stage resumes from its checkpoint; LoRA stages are fused."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import smolmac
 from smolmac.config import load_recipe
 from smolmac.errors import UserError
+from smolmac.events import read_events
 from smolmac.pipeline import format_stage_table, stage_rows
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -17,8 +22,16 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("qs") / "run"
-    return smolmac.train(str(RECIPES / "quickstart-ci.yaml"), run_dir=run_dir)
+    """`smolmac train quickstart-ci` (the quickstart, shortened) run as a user runs it: by name, in
+    a folder with nothing in it (the recipe and its data come with the package)."""
+    empty = tmp_path_factory.mktemp("qs") / "empty"
+    empty.mkdir()
+    run_dir = empty / "runs" / "qs"
+    out = subprocess.run([sys.executable, "-m", "smolmac.cli", "train", "quickstart-ci", "--run-dir", str(run_dir)],
+                         cwd=empty, env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return SimpleNamespace(dir=run_dir, cwd=empty, stdout=out.stdout, events=read_events(run_dir / "events.jsonl"),
+                           model_path=run_dir / "4-orpo" / "model")
 
 
 def test_recipes_validate():
@@ -62,6 +75,14 @@ def test_quickstart_every_stage_improves(quickstart):
     pre_cfg = load_recipe(str(quickstart.dir / "2-pretrain" / "config.yaml"))
     assert pre_cfg.tokenizer.path == str(quickstart.dir / "1-tokenizer" / "tokenizer")
     assert (quickstart.dir / "2-pretrain" / "tokens" / "train.bin").is_file()
+
+
+@pytest.mark.slow
+def test_train_quickstart_by_name_from_an_empty_folder(quickstart):
+    for needle in ("1-tokenizer", "2-pretrain", "3-sft", "4-orpo", "what was learned", "exact match"):
+        assert needle in quickstart.stdout, quickstart.stdout[-3000:]
+    assert quickstart.events[-1]["type"] == "done" and not quickstart.events[-1]["stopped"]
+    assert {p.name for p in quickstart.cwd.iterdir()} == {"runs"}  # nothing but the run was written here
 
 
 @pytest.mark.slow

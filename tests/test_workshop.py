@@ -6,7 +6,6 @@ equal the model's, the trainable share equals the trainer's)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -152,24 +151,6 @@ def test_recipe_diff_keeps_only_the_keys_that_differ():
     b = {"model": "m", "method": "orpo", "train": {"lr": 3e-4, "steps": 10}, "lora": {"rank": 8}, "stages": [], "orpo": {"beta": 0.1}}
     assert recipe_diff([a, b]) == [("method", ["sft", "orpo"]), ("train.lr", [1e-4, 3e-4]), ("orpo.beta", [None, 0.1])]
     assert recipe_diff([a, a]) == []
-
-
-@pytest.mark.slow
-def test_train_quickstart_by_name_from_an_empty_folder(tmp_path):
-    """`smolmac train quickstart-ci` (the quickstart, shortened) in a folder with nothing in it:
-    the recipe and its data come with the package. (tests/test_quickstart.py checks the metrics.)"""
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    env = {**os.environ, "PYTHONPATH": ""}
-    out = subprocess.run([sys.executable, "-m", "smolmac.cli", "train", "quickstart-ci", "--run-dir", "runs/qs"],
-                         cwd=empty, env=env, capture_output=True, text=True, timeout=1800)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for needle in ("1-tokenizer", "2-pretrain", "3-sft", "4-orpo", "what was learned", "exact match"):
-        assert needle in out.stdout, out.stdout[-3000:]
-    events = read_events(empty / "runs" / "qs" / "events.jsonl")
-    assert events[-1]["type"] == "done" and not events[-1]["stopped"]
-    assert (empty / "runs" / "qs" / "4-orpo" / "model" / "model.safetensors").is_file()
-    assert {p.name for p in empty.iterdir()} == {"runs"}  # nothing but the run was written here
 
 
 # ---------------------------------------------------------------------------------------------
