@@ -201,7 +201,9 @@ def test_wandb_offline_run_files_hold_the_runs_metrics(mirrored):
     run_dir, _, _ = mirrored
     events = read_events(run_dir / "events.jsonl")
     run_id = (run_dir / "wandb-id").read_text().strip()
-    files = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    # W&B names each start's folder by the second it began; a resume within the same second gets
+    # the folder name with "-1" appended
+    files = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb"))
     assert len(files) == 2, list((run_dir / "wandb").iterdir())  # started, then resumed: one W&B run id
     history, config = {}, {}
     for f in files:
