@@ -136,20 +136,27 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write_text(path: str | Path, text: str, then: str = "then run the command again") -> Path:
-    """Write `text` to a temporary sibling, fsync it, and rename it over `path`."""
+def atomic_write(path: str | Path, write, nbytes: int, then: str = "then run the command again") -> Path:
+    """Call `write(f)` on a temporary sibling opened for binary writing, fsync it, and rename it
+    over `path`; `nbytes` is the space it needs (named if the disk fills up)."""
     path = Path(path)
     tmp = tmp_name(path)
     try:
-        with writing(path, len(text.encode()), then):
-            with tmp.open("w", encoding="utf-8") as f:
-                f.write(text)
+        with writing(path, nbytes, then):
+            with tmp.open("wb") as f:
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str, then: str = "then run the command again") -> Path:
+    """Write `text` (UTF-8) to a temporary sibling, fsync it, and rename it over `path`."""
+    data = text.encode()
+    return atomic_write(path, lambda f: f.write(data), len(data), then)
 
 
 def swap_dir(new: Path, final: Path) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -369,16 +368,11 @@ def cached_reference(model, batches: PairBatches, path: Path, model_id: str) -> 
     logps = group.sum_numpy(reference_logps(model, batches, batches.groups[group.rank :: group.size]))
     if not group.main:
         return logps, False
-    from smolmac.storage import writing
+    from smolmac.storage import atomic_write
 
-    tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")
-    try:
-        with writing(path, logps.nbytes + 4096, f"then resume with `smolmac train --resume {path.parent}`"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, key=np.array(key), logps=logps)
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, key=np.array(key), logps=logps), logps.nbytes + 4096,
+                 f"then resume with `smolmac train --resume {path.parent}`")
     return logps, False
 
 
