@@ -247,7 +247,6 @@ def evaluate(base: str | None = None, adapters=None, tasks=None, limit=None, inc
     """
     import importlib.util
     import json
-    import os
 
     from smolmac.adapters import parse_adapter_specs
     from smolmac.errors import UserError
@@ -268,9 +267,9 @@ def evaluate(base: str | None = None, adapters=None, tasks=None, limit=None, inc
     res = evaluate_adapters(base, specs, names, limit=limit, include_path=include_path, batch_size=batch_size, dtype=dtype,
                             num_fewshot=num_fewshot, chat_template=chat_template, on_message=on_message)
     if out:
-        tmp = Path(f"{out}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(res, indent=2, default=str))
-        tmp.replace(out)
+        from smolmac.storage import atomic_write_text
+
+        atomic_write_text(out, json.dumps(res, indent=2, default=str))
     return res
 
 
